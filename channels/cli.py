@@ -1,0 +1,75 @@
+"""``trio-channels serve MODULE:ATTR``: run an endpoint until SIGINT/SIGTERM, then drain."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from channels.endpoint import Endpoint
+
+log = logging.getLogger("channels.cli")
+
+
+def load_endpoint(spec: str) -> Endpoint:
+    """Import ``module:attr``; ``attr`` is an Endpoint or a zero-argument factory of one."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise SystemExit(f"expected MODULE:ATTR, got {spec!r}")
+    sys.path.insert(0, os.getcwd())
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, Endpoint) and callable(obj):
+        obj = obj()
+    if not isinstance(obj, Endpoint):
+        raise SystemExit(f"{spec} is not an Endpoint (or a factory of one)")
+    return obj
+
+
+async def serve(endpoint: Endpoint, host: str, port: int,
+                on_ready: Callable[[int], None] | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, then drain clients and return."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(endpoint.serve, host, port)
+            if on_ready is not None:
+                on_ready(bound)
+            async for signum in signals:
+                log.info("received %s: draining", signal.Signals(signum).name)
+                await endpoint.drain()
+                nursery.cancel_scope.cancel()
+                break
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trio-channels")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run an endpoint")
+    p.add_argument("app", help="MODULE:ATTR naming an Endpoint or a factory of one")
+    p.add_argument("--host", default=os.environ.get("TRIO_CHANNELS_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("TRIO_CHANNELS_PORT", "4000")))
+    p.add_argument("--log-level", default=os.environ.get("TRIO_CHANNELS_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    endpoint = load_endpoint(args.app)
+
+    def ready(port: int) -> None:
+        # Tests and scripts wait for this line to know the node is up.
+        print(f"trio-channels: serving on http://{args.host}:{port}", flush=True)
+
+    trio.run(serve, endpoint, args.host, args.port, ready)
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,177 @@
+"""A non-blocking TCP connection with a synchronous write path.
+
+Every ``await stream.send_all()`` in trio passes through the scheduler even when the kernel
+takes the bytes at once (DESIGN.md §2). :meth:`Connection.write_nowait` calls ``send()`` on
+the non-blocking socket directly and only parks the leftovers in a bounded buffer, which a
+short-lived flusher task drains by awaiting writability.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import socket
+from collections.abc import Callable
+
+import trio
+
+log = logging.getLogger("channels.connection")
+
+RECV_SIZE = 65536
+_MAX_IOV = 64
+
+
+class Connection:
+    """One accepted TCP socket.
+
+    Writes never block: bytes the kernel does not take at once are queued (up to
+    ``max_buffer`` bytes) and flushed in the background. Past the limit the connection is a
+    slow consumer and ``on_overflow`` is called; nobody else waits for it.
+    """
+
+    __slots__ = (
+        "_flushing",
+        "_nursery",
+        "_pending",
+        "_pending_bytes",
+        "closed",
+        "last_seen",
+        "max_buffer",
+        "on_overflow",
+        "peer",
+        "sock",
+    )
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        peer: tuple[str, int],
+        *,
+        max_buffer: int = 1 << 20,
+    ) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.max_buffer = max_buffer
+        self.closed = False
+        self.last_seen = trio.current_time()
+        self.on_overflow: Callable[[], None] | None = None
+        self._nursery: trio.Nursery | None = None
+        self._pending: collections.deque[memoryview] = collections.deque()
+        self._pending_bytes = 0
+        self._flushing = False
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Give the connection a nursery to run its flusher in (owned by the handler)."""
+        self._nursery = nursery
+
+    @property
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the kernel."""
+        return self._pending_bytes
+
+    def write_nowait(self, data: bytes) -> None:
+        """Send ``data`` now, or queue what the kernel does not take. Never blocks."""
+        if self.closed:
+            return
+        if not self._pending:
+            try:
+                n = self.sock.send(data)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                self.abort()
+                return
+            if n == len(data):
+                return
+            data = data[n:]
+        self._pending.append(memoryview(data))
+        self._pending_bytes += len(data)
+        if self._pending_bytes > self.max_buffer:
+            self._overflow()
+            return
+        if not self._flushing:
+            self._flushing = True
+            if self._nursery is None:
+                raise RuntimeError("Connection.attach() was not called")
+            self._nursery.start_soon(self._flush)
+
+    def _overflow(self) -> None:
+        self._pending.clear()
+        self._pending_bytes = 0
+        if self.on_overflow is not None:
+            self.on_overflow()
+        else:
+            self.abort()
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending and not self.closed:
+                try:
+                    await trio.lowlevel.wait_writable(self.sock)
+                except (trio.ClosedResourceError, OSError):
+                    return
+                self._send_pending()
+        finally:
+            self._flushing = False
+
+    def _send_pending(self) -> None:
+        pending = self._pending
+        while pending:
+            bufs = list(pending)[:_MAX_IOV] if len(pending) > 1 else [pending[0]]
+            try:
+                n = self.sock.sendmsg(bufs)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.abort()
+                return
+            self._pending_bytes -= n
+            while n:
+                head = pending[0]
+                if len(head) <= n:
+                    n -= len(head)
+                    pending.popleft()
+                else:
+                    pending[0] = head[n:]
+                    n = 0
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` seconds) until queued bytes reached the kernel."""
+        with trio.move_on_after(timeout):
+            while self._pending and not self.closed:
+                await trio.lowlevel.wait_writable(self.sock)
+                self._send_pending()
+
+    async def receive_some(self) -> bytes:
+        """The next chunk of inbound bytes; ``b""`` at end of stream or after close."""
+        while not self.closed:
+            try:
+                await trio.lowlevel.wait_readable(self.sock)
+            except (trio.ClosedResourceError, OSError):
+                return b""
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return b""
+            self.last_seen = trio.current_time()
+            return data
+        return b""
+
+    def shutdown_write(self) -> None:
+        """Half-close: tell the peer we will send nothing more."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def abort(self) -> None:
+        """Close the socket now; any task waiting on it wakes with ClosedResourceError."""
+        if self.closed:
+            return
+        self.closed = True
+        self._pending.clear()
+        self._pending_bytes = 0
+        trio.lowlevel.notify_closing(self.sock)
+        self.sock.close()

@@ -1,0 +1,264 @@
+"""The :class:`Endpoint`: listeners, socket mounts, the heartbeat monitor, and the drain.
+
+It owns every long-lived task of a node: the accept loop, one handler task per connection,
+the pubsub adapter and the heartbeat monitor. :meth:`Endpoint.drain` closes clients in
+batches with 1012 (the JS client reconnects) before the node stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket as stdsocket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import h11
+import trio
+
+from channels import http
+from channels.connection import Connection
+from channels.frames import CLOSE_PROTOCOL_ERROR, CLOSE_SERVICE_RESTART
+from channels.http import HTTPError, Request
+from channels.pubsub import PubSub, Subscriber
+from channels.serializer import serializer_for_vsn
+from channels.socket import Refuse, Socket, SocketSession
+
+log = logging.getLogger("channels.endpoint")
+
+
+class Endpoint:
+    """A node's HTTP/WebSocket entry point.
+
+    ``sockets`` maps mount paths to :class:`Socket` subclasses (``"/socket"`` serves
+    ``/socket/websocket``); ``static`` maps URL paths to files, or URL prefixes ending in
+    ``/`` to directories.
+    """
+
+    def __init__(
+        self,
+        sockets: Mapping[str, type[Socket]],
+        *,
+        pubsub: PubSub | None = None,
+        static: Mapping[str, str | Path] | None = None,
+        drain_batch_size: int = 10_000,
+        drain_batch_interval: float = 2.0,
+        drain_timeout: float = 30.0,
+    ) -> None:
+        self.sockets = {mount.rstrip("/"): cls for mount, cls in sockets.items()}
+        self.pubsub = pubsub if pubsub is not None else PubSub()
+        self.static = {k: Path(v) for k, v in (static or {}).items()}
+        self.drain_batch_size = drain_batch_size
+        self.drain_batch_interval = drain_batch_interval
+        self.drain_timeout = drain_timeout
+        self.sessions: set[SocketSession] = set()
+        self.draining = False
+        self._ws_paths = {mount + "/websocket": cls for mount, cls in self.sockets.items()}
+        self._cancel: trio.CancelScope | None = None
+        self._connections: trio.Nursery | None = None
+        self._all_closed = trio.Event()
+
+    def session_ended(self, session: SocketSession) -> None:
+        """Called by a session when its connection is gone."""
+        self.sessions.discard(session)
+        if not self.sessions:
+            self._all_closed.set()
+
+    # -- public API --------------------------------------------------------------------------
+
+    async def broadcast(self, topic: str, event: str, payload: dict[str, Any] | bytes) -> None:
+        """Send ``event`` to every subscriber of ``topic`` on every node."""
+        await self.pubsub.broadcast(topic, event, payload)
+
+    async def local_broadcast(self, topic: str, event: str,
+                              payload: dict[str, Any] | bytes) -> None:
+        """Send ``event`` to the subscribers of ``topic`` on this node only."""
+        await self.pubsub.local_broadcast(topic, event, payload)
+
+    def subscribe(self, topic: str, subscriber: Subscriber) -> None:
+        """Receive the broadcasts of ``topic`` in Python (see :class:`CallbackSubscriber`)."""
+        self.pubsub.subscribe(topic, subscriber)
+
+    def unsubscribe(self, topic: str, subscriber: Subscriber) -> None:
+        self.pubsub.unsubscribe(topic, subscriber)
+
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 4000,
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on ``host:port`` and serve until cancelled; reports the bound port."""
+        listener = _listen(host, port)
+        bound = listener.getsockname()[1]
+        try:
+            async with trio.open_nursery() as services:
+                await services.start(self.pubsub.run)
+                services.start_soon(self._heartbeat_monitor)
+                async with trio.open_nursery() as connections:
+                    self._connections = connections
+                    with trio.CancelScope() as self._cancel:
+                        log.info("listening on http://%s:%d", host, bound)
+                        task_status.started(bound)
+                        await self._accept_loop(listener, connections, (host, bound))
+                    # Accepting stopped (drain): wait for the connections to finish.
+                services.cancel_scope.cancel()
+        finally:
+            trio.lowlevel.notify_closing(listener)
+            listener.close()
+
+    async def drain(self) -> None:
+        """Stop accepting, then close every client with 1012 in batches and wait for them."""
+        self.draining = True
+        if self._cancel is not None:
+            self._cancel.cancel()
+        sessions = list(self.sessions)
+        log.info("draining %d connections", len(sessions))
+        with trio.move_on_after(self.drain_timeout):
+            for i in range(0, len(sessions), self.drain_batch_size):
+                if i:
+                    await trio.sleep(self.drain_batch_interval)
+                for session in sessions[i:i + self.drain_batch_size]:
+                    session.close(CLOSE_SERVICE_RESTART, "server restart", end_reason="shutdown")
+            while self.sessions:
+                self._all_closed = trio.Event()
+                await self._all_closed.wait()
+        if self._connections is not None:
+            self._connections.cancel_scope.cancel()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    async def _accept_loop(self, listener: stdsocket.socket, nursery: trio.Nursery,
+                           host_port: tuple[str, int]) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(listener)
+            for _ in range(64):
+                try:
+                    sock, peer = listener.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:  # EMFILE and friends: log and keep serving
+                    log.error("accept failed: %s", exc)
+                    await trio.sleep(0.1)
+                    break
+                sock.setblocking(False)
+                sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
+                nursery.start_soon(self._handle_connection, sock, peer[:2], host_port)
+
+    async def _handle_connection(self, sock: stdsocket.socket, peer: tuple[str, int],
+                                 host_port: tuple[str, int]) -> None:
+        conn = Connection(sock, peer)
+        try:
+            async with trio.open_nursery() as nursery:
+                conn.attach(nursery)
+                try:
+                    await http.serve_http(self, conn, host_port)
+                finally:
+                    nursery.cancel_scope.cancel()
+        except Exception:
+            log.exception("connection handler for %s failed", peer)
+        finally:
+            conn.abort()
+
+    async def handle_http(self, req: Request, conn: Connection, h: h11.Connection) -> bool:
+        """Serve one request; returns True if the connection became a WebSocket."""
+        if req.path == "/healthz":
+            await http.send_response(conn, h, 200, b"ok\n")
+            return False
+        socket_cls = self._ws_paths.get(req.path)
+        if socket_cls is not None:
+            await self._websocket(socket_cls, req, conn, h)
+            return True
+        file = http.resolve_static(self.static, req.path)
+        if file is None:
+            raise HTTPError(404)
+        await http.serve_static(conn, h, req, file)
+        return False
+
+    async def _websocket(self, socket_cls: type[Socket], req: Request, conn: Connection,
+                         h: h11.Connection) -> None:
+        http.check_handshake(req)
+        if self.draining:
+            raise HTTPError(503, "server is shutting down")
+        params = http.parse_params(req.query)
+        vsn = params.get("vsn")
+        serializer = serializer_for_vsn(vsn) if vsn is None or isinstance(vsn, str) else None
+        if serializer is None:
+            log.warning("The client's requested transport version %r does not match the "
+                        "supported versions (~> 1.0.0, ~> 2.0.0)", vsn)
+            raise HTTPError(403, "unsupported vsn")
+        origin = req.header("origin")
+        if not http.origin_allowed(origin, socket_cls.check_origin):
+            log.warning("refused WebSocket from %s: origin %r is not allowed", req.peer, origin)
+            raise HTTPError(403, "origin not allowed")
+        offered, token = http.parse_subprotocols(req)
+        if offered and "phoenix" not in offered:
+            log.warning("refused WebSocket from %s: subprotocols %r (expected phoenix)",
+                        req.peer, offered)
+            raise HTTPError(403, "unsupported subprotocol")
+        connect_info = _connect_info(req, token)
+        socket = socket_cls(self)
+        socket.connect_info = connect_info
+        try:
+            result = await socket.connect(params, connect_info)
+        except Refuse as exc:
+            raise HTTPError(exc.status, exc.message) from None
+        except Exception:
+            log.exception("%s.connect raised", socket_cls.__name__)
+            raise HTTPError(500) from None
+        if isinstance(result, dict):
+            socket.assigns.update(result)
+        elif result is not True:
+            raise HTTPError(403, "connection refused")
+        trailing = http.accept_websocket(conn, h, req, "phoenix" if offered else None)
+        session = SocketSession(self, socket, serializer, conn)
+        await session.run(trailing)
+
+    async def _heartbeat_monitor(self) -> None:
+        """Close connections silent for longer than their socket's ``idle_timeout``.
+
+        One task per endpoint; each scan costs O(connections), and scans happen four times
+        per (shortest) timeout, so a silent client is dropped within 1.25 timeouts.
+        """
+        timeouts = [cls.idle_timeout for cls in self.sockets.values()] or [60.0]
+        interval = max(min(timeouts) / 4, 0.005)
+        while True:
+            await trio.sleep(interval)
+            now = trio.current_time()
+            for session in list(self.sessions):
+                if not session.closing and now - session.conn.last_seen > session.idle_timeout:
+                    log.info("closing idle connection %s (no message for %.1fs)",
+                             session.conn.peer, now - session.conn.last_seen)
+                    session.close(CLOSE_PROTOCOL_ERROR, "idle timeout")
+
+
+def _listen(host: str, port: int) -> stdsocket.socket:
+    family = stdsocket.AF_INET6 if ":" in host else stdsocket.AF_INET
+    sock = stdsocket.socket(family, stdsocket.SOCK_STREAM)
+    sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+def _connect_info(req: Request, token: str | None) -> dict[str, Any]:
+    host_header = req.header("host") or f"{req.host_port[0]}:{req.host_port[1]}"
+    host, _, port = host_header.rpartition(":") if ":" in host_header else (host_header, "", "")
+    return {
+        "peer_data": {"address": req.peer[0], "port": req.peer[1]},
+        "uri": {"scheme": "http", "host": host or host_header,
+                "port": int(port) if port.isdigit() else req.host_port[1],
+                "path": req.path, "query": req.query},
+        "user_agent": req.header("user-agent"),
+        "origin": req.header("origin"),
+        "x_headers": [(k, v) for k, v in req.headers if k.startswith("x-")],
+        "trace_context_headers": [(k, v) for k, v in req.headers
+                                  if k in ("traceparent", "tracestate")],
+        "sec_websocket_headers": [(k, v) for k, v in req.headers
+                                  if k.startswith("sec-websocket-")],
+        "headers": dict(req.headers),
+        "auth_token": token,
+    }
+

@@ -1,0 +1,149 @@
+"""Topic registry, fastlane broadcast, and the adapter interface for other nodes.
+
+A broadcast is delivered to the local subscribers of its topic (:meth:`PubSub.local_broadcast`)
+and handed to the adapter, which carries it to the other nodes of a cluster (each of which
+delivers it locally). Subscribers share one per-broadcast frame cache, so a payload is encoded
+once per serializer and framed once, and the same bytes go to every connection.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import trio
+
+log = logging.getLogger("channels.pubsub")
+
+# A synchronous send loop over thousands of subscribers never yields; checkpoint this often so
+# other connections' latency stays bounded (DESIGN.md §2).
+CHECKPOINT_EVERY = 256
+
+FrameCache = dict[Any, Any]
+
+
+class Subscriber(Protocol):
+    """Something that receives the broadcasts of a topic."""
+
+    def deliver(self, topic: str, event: str, payload: Any, cache: FrameCache) -> None:
+        """Take one broadcast. Must not block; ``cache`` is shared by all recipients."""
+
+
+class CallbackSubscriber:
+    """Adapts a plain callable ``fn(topic, event, payload)`` to :class:`Subscriber`."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[str, str, Any], None]) -> None:
+        self.fn = fn
+
+    def deliver(self, topic: str, event: str, payload: Any, cache: FrameCache) -> None:
+        self.fn(topic, event, payload)
+
+
+class Adapter(abc.ABC):
+    """Carries broadcasts between the nodes of a cluster.
+
+    The local adapter has no other nodes; a Redis adapter publishes envelopes and delivers what
+    other nodes publish through :meth:`PubSub.local_broadcast`.
+    """
+
+    node_name: str = "local"
+
+    @abc.abstractmethod
+    async def run(self, pubsub: PubSub, *, task_status: trio.TaskStatus[None]) -> None:
+        """Run until cancelled; call ``task_status.started()`` once ready."""
+
+    @abc.abstractmethod
+    async def publish(self, topic: str, event: str, payload: Any) -> None:
+        """Deliver a broadcast to every other node (at most once)."""
+
+    @abc.abstractmethod
+    async def direct(self, node: str, topic: str, event: str, payload: Any) -> None:
+        """Deliver a message to the subscribers of ``topic`` on ``node`` only."""
+
+
+class LocalAdapter(Adapter):
+    """The single-node default: there is no other node to reach."""
+
+    def __init__(self, node_name: str = "local") -> None:
+        self.node_name = node_name
+
+    async def run(self, pubsub: PubSub, *, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def publish(self, topic: str, event: str, payload: Any) -> None:
+        return None
+
+    async def direct(self, node: str, topic: str, event: str, payload: Any) -> None:
+        return None
+
+
+class PubSub:
+    """The topic -> subscribers registry of one node, plus its adapter."""
+
+    def __init__(self, adapter: Adapter | None = None) -> None:
+        self.adapter: Adapter = adapter if adapter is not None else LocalAdapter()
+        # Insertion-ordered sets: delivery order is subscription order.
+        self._topics: dict[str, dict[Subscriber, None]] = {}
+
+    @property
+    def node_name(self) -> str:
+        return self.adapter.node_name
+
+    def subscribe(self, topic: str, subscriber: Subscriber) -> None:
+        subs = self._topics.get(topic)
+        if subs is None:
+            subs = self._topics[topic] = {}
+        subs[subscriber] = None
+
+    def unsubscribe(self, topic: str, subscriber: Subscriber) -> None:
+        subs = self._topics.get(topic)
+        if subs is not None:
+            subs.pop(subscriber, None)
+            if not subs:
+                del self._topics[topic]
+
+    def subscriber_count(self, topic: str) -> int:
+        return len(self._topics.get(topic, ()))
+
+    async def broadcast(
+        self, topic: str, event: str, payload: Any, *, exclude: Subscriber | None = None
+    ) -> None:
+        """Deliver to every subscriber of ``topic`` on every node (except ``exclude``)."""
+        await self.local_broadcast(topic, event, payload, exclude=exclude)
+        await self.adapter.publish(topic, event, payload)
+
+    async def local_broadcast(
+        self, topic: str, event: str, payload: Any, *, exclude: Subscriber | None = None
+    ) -> None:
+        """Deliver to the subscribers of ``topic`` on this node only."""
+        subs = self._topics.get(topic)
+        if not subs:
+            return
+        cache: FrameCache = {}
+        if len(subs) <= CHECKPOINT_EVERY:
+            for sub in tuple(subs):
+                if sub is not exclude:
+                    sub.deliver(topic, event, payload, cache)
+            return
+        for i, sub in enumerate(tuple(subs), 1):
+            if sub is not exclude:
+                sub.deliver(topic, event, payload, cache)
+            if i % CHECKPOINT_EVERY == 0:
+                await trio.lowlevel.checkpoint()
+
+    async def direct_broadcast(self, node: str, topic: str, event: str, payload: Any) -> None:
+        """Deliver to the subscribers of ``topic`` on ``node`` (this node included)."""
+        if node == self.node_name:
+            await self.local_broadcast(topic, event, payload)
+        else:
+            await self.adapter.direct(node, topic, event, payload)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the adapter (a permanent service of the endpoint)."""
+        await self.adapter.run(self, task_status=task_status)
+

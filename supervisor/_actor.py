@@ -1,0 +1,227 @@
+"""Actors: a task that owns its state and processes a mailbox one message at a time."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from typing import Any, Generic, TypeVar, cast
+
+import trio
+
+from ._errors import CallTimeout, MailboxClosed
+from ._mailbox import Mailbox
+
+__all__ = ["Actor", "TimerRef"]
+
+T = TypeVar("T")
+
+# Cancelled timers stay in the heap until popped; rebuild once they dominate it.
+_COMPACT_MIN = 64
+
+
+class TimerRef:
+    """A message scheduled with :meth:`Actor.send_after`."""
+
+    __slots__ = ("_actor", "_msg", "_pending", "deadline")
+
+    def __init__(self, actor: Actor[Any], msg: object, deadline: float) -> None:
+        self._actor = actor
+        self._msg = msg
+        self._pending = True
+        self.deadline = deadline
+
+    @property
+    def pending(self) -> bool:
+        """True until the message enters the mailbox or the timer is cancelled."""
+        return self._pending
+
+    def cancel(self) -> bool:
+        """Cancel the timer; True if it was still pending (its message never arrives)."""
+        if not self._pending:
+            return False
+        self._pending = False
+        self._actor._timer_cancelled()
+        return True
+
+
+class _Call:
+    __slots__ = ("abandoned", "error", "event", "request", "result")
+
+    def __init__(self, request: object) -> None:
+        self.request = request
+        self.result: object = None
+        self.error: BaseException | None = None
+        self.event = trio.Event()
+        self.abandoned = False
+
+    def reply(self, result: object) -> None:
+        self.result = result
+        self.event.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.event.set()
+
+
+class Actor(Generic[T]):
+    """Subclass and override :meth:`handle_message` (and optionally :meth:`handle_call`).
+
+    :meth:`run` handles one message at a time in arrival order, so the actor's state
+    needs no locks. An exception from a handler propagates out of ``run``; whoever
+    runs the actor (typically a supervisor) decides what happens next. Subclasses
+    that define ``__init__`` must call ``super().__init__()``.
+
+    The mailbox and state belong to the instance, so running ``actor.run`` again after
+    a crash (e.g. ``ChildSpec(start=actor.run)``) resumes with the queued messages and
+    the old state; for a fresh actor per restart, start a function that constructs one.
+    """
+
+    def __init__(self) -> None:
+        self._mailbox: Mailbox[object] = Mailbox()
+        self._timers: list[tuple[float, int, TimerRef]] = []
+        self._timer_seq = itertools.count()
+        self._cancelled_timers = 0
+        self._wait_scope: trio.CancelScope | None = None
+        self._stopping = False
+        self._running = False
+
+    async def handle_message(self, msg: T) -> None:
+        """Handle a message sent with :meth:`send` or :meth:`send_after`."""
+        raise NotImplementedError
+
+    async def handle_call(self, request: Any) -> Any:
+        """Handle a :meth:`call`; the return value is the caller's result."""
+        raise NotImplementedError
+
+    def send(self, msg: T) -> None:
+        """Queue ``msg`` without waiting; raises ``MailboxClosed`` after :meth:`stop`."""
+        self._mailbox.put_nowait(msg)
+
+    def send_after(self, delay: float, msg: T) -> TimerRef:
+        """Queue ``msg`` once ``delay`` seconds have passed (behind what is queued then).
+
+        Costs a heap push, no task: the run loop waits on the mailbox with a deadline
+        at the earliest timer. Raises ``MailboxClosed`` after :meth:`stop`.
+        """
+        if delay < 0:
+            raise ValueError("delay must be >= 0")
+        if self._stopping:
+            raise MailboxClosed("actor is stopped")
+        deadline = trio.current_time() + delay
+        ref = TimerRef(self, msg, deadline)
+        heapq.heappush(self._timers, (deadline, next(self._timer_seq), ref))
+        # Sent from another task while the actor is idle: wake it up in time.
+        scope = self._wait_scope
+        if scope is not None and deadline < scope.deadline:
+            scope.deadline = deadline
+        return ref
+
+    # A timeout parameter (not fail_after) because expiry must also drop the request.
+    async def call(self, request: Any, timeout: float = 5.0) -> Any:  # noqa: ASYNC109
+        """Send ``request`` through the mailbox and wait for :meth:`handle_call`'s result.
+
+        An exception raised by ``handle_call`` is raised here too (and also crashes the
+        actor, like a GenServer). Raises ``CallTimeout`` after ``timeout`` seconds (a
+        request the actor has not reached by then is dropped), and ``MailboxClosed`` if
+        the actor is stopped or exits before replying. Calling yourself deadlocks
+        until the timeout.
+        """
+        pending = _Call(request)
+        self._mailbox.put_nowait(pending)
+        try:
+            with trio.move_on_after(timeout):
+                await pending.event.wait()
+        finally:
+            if not pending.event.is_set():
+                pending.abandoned = True
+        if not pending.event.is_set():
+            raise CallTimeout(f"no reply from {type(self).__name__} within {timeout}s")
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    def stop(self) -> None:
+        """Finish the current message, then make :meth:`run` return.
+
+        Messages still queued are dropped, pending calls fail with ``MailboxClosed``,
+        timers are discarded, and further sends raise ``MailboxClosed``. Final.
+        """
+        self._stopping = True
+        self._mailbox.close()
+        if not self._running:
+            self._discard_pending()
+
+    async def run(self) -> None:
+        """Process messages in order until :meth:`stop` (or a handler raises)."""
+        if self._running:
+            raise RuntimeError(f"{type(self).__name__} is already running")
+        self._running = True
+        mailbox = self._mailbox
+        try:
+            while not self._stopping:
+                if self._timers:
+                    self._fire_due_timers(trio.current_time())
+                if mailbox:
+                    item = await mailbox.get()  # doesn't block: the hot path
+                else:
+                    deadline = self._timers[0][0] if self._timers else math.inf
+                    with trio.CancelScope(deadline=deadline) as scope:
+                        self._wait_scope = scope
+                        try:
+                            item = await mailbox.get()
+                        except MailboxClosed:
+                            break  # stop() while idle
+                        finally:
+                            self._wait_scope = None
+                    if scope.cancelled_caught:
+                        continue  # a timer is due
+                await self._dispatch(item)
+        finally:
+            self._running = False
+            if self._stopping:
+                self._discard_pending()
+
+    async def _dispatch(self, item: object) -> None:
+        if type(item) is not _Call:
+            await self.handle_message(cast(T, item))
+            return
+        if item.abandoned:
+            return
+        try:
+            result = await self.handle_call(item.request)
+        except Exception as exc:
+            item.fail(exc)
+            raise
+        except BaseException:
+            item.fail(MailboxClosed(f"{type(self).__name__} exited before replying"))
+            raise
+        item.reply(result)
+
+    def _fire_due_timers(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            ref = heapq.heappop(timers)[2]
+            if ref._pending:
+                ref._pending = False
+                self._mailbox.put_nowait(ref._msg)
+            else:
+                self._cancelled_timers -= 1
+
+    def _timer_cancelled(self) -> None:
+        self._cancelled_timers += 1
+        if self._cancelled_timers > _COMPACT_MIN and self._cancelled_timers * 2 > len(self._timers):
+            self._timers = [entry for entry in self._timers if entry[2]._pending]
+            heapq.heapify(self._timers)
+            self._cancelled_timers = 0
+
+    def _discard_pending(self) -> None:
+        for _, _, ref in self._timers:
+            ref._pending = False
+        self._timers.clear()
+        self._cancelled_timers = 0
+        mailbox = self._mailbox
+        while mailbox:
+            item = mailbox.get_nowait()
+            if type(item) is _Call:
+                item.fail(MailboxClosed(f"{type(self).__name__} stopped before replying"))

@@ -1,0 +1,229 @@
+"""Dynamic supervisor: cheap, unordered children added at runtime (one per topic)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVarTuple
+
+import trio
+
+from ._errors import SupervisorEscalation
+from ._policy import Restart, RestartIntensity, should_restart
+
+__all__ = ["ChildHandle", "DynamicSupervisor"]
+
+logger = logging.getLogger("supervisor")
+
+Ts = TypeVarTuple("Ts")
+
+OnExit = Callable[["ChildHandle", "Exception | None"], None]
+
+
+class ChildHandle:
+    """A child of a :class:`DynamicSupervisor`."""
+
+    __slots__ = ("_args", "_done", "_event", "_fn", "_on_exit", "_scope", "name", "restart")
+
+    def __init__(
+        self,
+        name: str,
+        restart: Restart,
+        fn: Callable[..., Awaitable[object]],
+        args: tuple[object, ...],
+        on_exit: OnExit | None,
+    ) -> None:
+        self.name = name
+        self.restart = restart
+        self._fn = fn
+        self._args = args
+        self._on_exit = on_exit
+        self._scope = trio.CancelScope()
+        self._done = False
+        self._event: trio.Event | None = None  # created only if someone waits
+
+    def __repr__(self) -> str:
+        return f"<ChildHandle {self.name!r} {'done' if self._done else 'running'}>"
+
+    @property
+    def done(self) -> bool:
+        """True once the child has ended for good (and ``on_exit`` has run)."""
+        return self._done
+
+    def cancel(self) -> None:
+        """Cancel the child without waiting; it is not restarted. Idempotent."""
+        self._scope.cancel()
+
+    async def wait(self) -> None:
+        """Return once the child has ended for good."""
+        if self._done:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._event is None:
+            self._event = trio.Event()
+        await self._event.wait()
+
+
+class DynamicSupervisor:
+    """Supervises children started at runtime with :meth:`start_child`.
+
+    Built to be cheap enough for one per connection: one nursery, one task per child
+    (restarts loop inside that task), no background task and no per-child event
+    unless someone calls :meth:`ChildHandle.wait`. Use it via :meth:`open`::
+
+        async with DynamicSupervisor.open(name="conn-42") as sup:
+            handle = sup.start_child(actor.run, name="room:lobby")
+
+    Children are unordered and independent (OTP's one_for_one): a crash is logged
+    once and only ever affects the crashed child. PERMANENT and TRANSIENT children are
+    restarted in place subject to the shared intensity; when it is exceeded every
+    child and the ``async with`` body are cancelled and :class:`SupervisorEscalation`
+    is raised out of the ``async with``. Like a nursery, leaving the body normally
+    waits for the children, and an exception from the body cancels them.
+    """
+
+    def __init__(self, max_restarts: int = 3, period: float = 5.0, name: str = "dynamic") -> None:
+        RestartIntensity(max_restarts, period)  # validate eagerly
+        self.max_restarts = max_restarts
+        self.period = period
+        self.name = name
+        self._children: dict[ChildHandle, None] = {}  # insertion-ordered set
+        self._nursery: trio.Nursery | None = None
+        self._closed = False
+        self._intensity: RestartIntensity | None = None  # most supervisors never restart
+        self._escalation: SupervisorEscalation | None = None
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, max_restarts: int = 3, period: float = 5.0, name: str = "dynamic"
+    ) -> AsyncIterator[DynamicSupervisor]:
+        """Async context manager owning the supervisor's nursery."""
+        sup = cls(max_restarts, period, name)
+        try:
+            async with trio.open_nursery() as nursery:
+                sup._nursery = nursery
+                yield sup
+        finally:
+            sup._closed = True
+            sup._nursery = None
+        if sup._escalation is not None:
+            raise sup._escalation
+
+    @property
+    def children(self) -> list[ChildHandle]:
+        """Handles of the children that have not ended for good, in start order."""
+        return list(self._children)
+
+    def start_child(
+        self,
+        async_fn: Callable[[*Ts], Awaitable[object]],
+        *args: *Ts,
+        restart: Restart = Restart.TEMPORARY,
+        name: str = "",
+        on_exit: OnExit | None = None,
+    ) -> ChildHandle:
+        """Spawn ``async_fn(*args)`` as a child (synchronously, via ``start_soon``).
+
+        ``on_exit(handle, exc)`` is called exactly once, when the child has ended and
+        will not be restarted: ``exc`` is the exception for a crash, else None (normal
+        return, ``handle.cancel()``, supervisor shutdown). Raises ``RuntimeError`` once
+        the supervisor is stopped or closed.
+        """
+        nursery = self._nursery
+        if nursery is None or self._closed:
+            raise RuntimeError(f"dynamic supervisor {self.name!r} is not accepting children")
+        if not name:
+            name = getattr(async_fn, "__qualname__", None) or repr(async_fn)
+        handle = ChildHandle(name, restart, async_fn, args, on_exit)
+        self._children[handle] = None
+        nursery.start_soon(self._run_child, handle, name=name)
+        return handle
+
+    def stop(self) -> None:
+        """Cancel every child and refuse new ones; the ``async with`` body goes on."""
+        self._closed = True
+        for handle in list(self._children):
+            handle.cancel()
+
+    async def shutdown(self) -> None:
+        """:meth:`stop`, then wait for every child to end."""
+        self.stop()
+        await trio.lowlevel.checkpoint()
+        for handle in list(self._children):
+            await handle.wait()
+
+    async def _run_child(self, handle: ChildHandle) -> None:
+        error: Exception | None = None
+        try:
+            with handle._scope:
+                # Don't start running user code for a child cancelled before it ran.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                while True:
+                    failure: Exception | None = None
+                    try:
+                        await handle._fn(*handle._args)
+                    # Only Exception: Cancelled and KeyboardInterrupt must propagate.
+                    except Exception as exc:
+                        failure = exc
+                        self._log_crash(handle, exc)
+                    except BaseExceptionGroup as group:
+                        # Errors mixed with a cancellation: report the errors, let the
+                        # cancellation through (our scope absorbs its own).
+                        failure, rest = group.split(Exception)
+                        if failure is None or rest is None:
+                            raise
+                        error = failure
+                        self._log_crash(handle, failure)
+                        raise rest from None
+                    error = failure
+                    if (
+                        not should_restart(handle.restart, failure is not None)
+                        or handle._scope.cancel_called
+                        or self._closed
+                    ):
+                        break
+                    if not self._record_restart():
+                        self._escalate(handle, failure)
+                        break
+                    # A cancel arriving here ends the child reporting its last crash.
+                    await trio.lowlevel.checkpoint()
+                    error = None
+        finally:
+            self._finish(handle, error)
+
+    def _record_restart(self) -> bool:
+        if self._intensity is None:
+            self._intensity = RestartIntensity(self.max_restarts, self.period)
+        return self._intensity.record(trio.current_time())
+
+    def _log_crash(self, handle: ChildHandle, exc: Exception) -> None:
+        logger.error("%s: child %r crashed", self.name, handle.name, exc_info=exc)
+
+    def _escalate(self, handle: ChildHandle, failure: Exception | None) -> None:
+        if self._escalation is None:
+            logger.error(
+                "%s: restart intensity exceeded (%d in %ss), last failure: %r; shutting down",
+                self.name,
+                self.max_restarts,
+                self.period,
+                handle.name,
+            )
+            escalation = SupervisorEscalation(self.name, handle.name)
+            escalation.__cause__ = failure
+            self._escalation = escalation
+        self._closed = True
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def _finish(self, handle: ChildHandle, error: Exception | None) -> None:
+        handle._done = True
+        self._children.pop(handle, None)
+        if handle._event is not None:
+            handle._event.set()
+        if handle._on_exit is not None:
+            try:
+                handle._on_exit(handle, error)
+            except Exception:
+                logger.exception("%s: on_exit callback of %r failed", self.name, handle.name)

@@ -1,0 +1,76 @@
+"""Unbounded FIFO mailbox for actors."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Generic, TypeVar
+
+import trio
+
+from ._errors import MailboxClosed
+
+__all__ = ["Mailbox"]
+
+T = TypeVar("T")
+
+
+class Mailbox(Generic[T]):
+    """Unbounded FIFO queue with any number of async getters.
+
+    ``put_nowait`` is on the hot path of every inbound message: it is a deque append
+    plus, only when a getter is parked, a wake-up. After ``close()``, ``get`` drains
+    the remaining items and then raises ``MailboxClosed``.
+    """
+
+    __slots__ = ("_closed", "_items", "_lot")
+
+    def __init__(self) -> None:
+        self._items: deque[T] = deque()
+        self._lot = trio.lowlevel.ParkingLot()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` has been called."""
+        return self._closed
+
+    def put_nowait(self, item: T) -> None:
+        """Append ``item``; raise ``MailboxClosed`` if the mailbox is closed."""
+        if self._closed:
+            raise MailboxClosed("mailbox is closed")
+        self._items.append(item)
+        if self._lot:
+            self._lot.unpark()
+
+    def get_nowait(self) -> T:
+        """Pop the oldest item; ``trio.WouldBlock`` if empty, ``MailboxClosed`` if drained."""
+        if self._items:
+            return self._items.popleft()
+        if self._closed:
+            raise MailboxClosed("mailbox is closed")
+        raise trio.WouldBlock
+
+    async def get(self) -> T:
+        """Wait for and pop the oldest item; ``MailboxClosed`` once closed and drained."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        items = self._items
+        if items:
+            item = items.popleft()
+            # Popped before the schedule point, which is shielded, so it can't be lost.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return item
+        while True:
+            if self._closed:
+                raise MailboxClosed("mailbox is closed")
+            await self._lot.park()
+            # Another getter may have taken the item between our wake-up and now.
+            if items:
+                return items.popleft()
+
+    def close(self) -> None:
+        """Refuse further puts and wake parked getters (idempotent)."""
+        self._closed = True
+        self._lot.unpark_all()
