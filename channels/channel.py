@@ -86,9 +86,12 @@ class Channel:
         return None
 
     async def handle_in(self, event: str, payload: Any) -> Reply | None:
-        """A push from the client. Return a :class:`Reply`, or None for no reply."""
+        """A push from the client. Return a :class:`Reply`, or None for no reply.
+
+        The default answers ``{"reason": "unhandled event"}`` so a client never waits in vain.
+        """
         log.warning("%s: unhandled event %r on %s", type(self).__name__, event, self.topic)
-        return None
+        return Reply.error({"reason": "unhandled event"})
 
     async def handle_info(self, message: Any) -> None:
         """A message sent to this channel with :meth:`send` or :meth:`send_after`."""

@@ -72,7 +72,9 @@ class Socket:
         self.assigns: dict[str, Any] = {}
         self.connect_info: dict[str, Any] = {}
 
-    async def connect(self, params: dict[str, Any], connect_info: dict[str, Any]) -> bool | dict[str, Any]:
+    async def connect(
+        self, params: dict[str, Any], connect_info: dict[str, Any]
+    ) -> bool | dict[str, Any]:
         """Accept (``True``, or a dict merged into ``assigns``) or refuse (``False`` → 403,
         or raise :class:`Refuse` with another status such as 429)."""
         return True

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import trio
 from trio_websocket import ConnectionRejected
 
 from channels import Endpoint

@@ -53,7 +53,7 @@ async def test_each_parked_getter_gets_one_item() -> None:
     assert sorted(got) == [0, 1, 2]
 
 
-async def test_cancelled_getter_loses_nothing() -> None:
+async def test_cancelled_getter_loses_nothing(autojump_clock: trio.testing.MockClock) -> None:
     box: Mailbox[int] = Mailbox()
     with trio.move_on_after(1):
         await box.get()

@@ -122,9 +122,7 @@ class NaiveIntensity:
 @given(
     max_restarts=st.integers(min_value=0, max_value=6),
     period=st.floats(min_value=0.01, max_value=20.0),
-    gaps=st.lists(
-        st.one_of(st.just(0.0), st.floats(min_value=0.0, max_value=10.0)), max_size=60
-    ),
+    gaps=st.lists(st.one_of(st.just(0.0), st.floats(min_value=0.0, max_value=10.0)), max_size=60),
 )
 def test_intensity_matches_naive_model(max_restarts: int, period: float, gaps: list[float]) -> None:
     real = RestartIntensity(max_restarts, period)

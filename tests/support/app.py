@@ -66,7 +66,7 @@ class RoomChannel(Channel):
             return Reply.ok()
         if event == "binary_event":
             assert isinstance(payload, bytes)
-            self.send((("push", "binary_event", b"\x00\x01")))
+            self.send(("push", "binary_event", b"\x00\x01"))
             return Reply.ok(payload + b"\x03\x04")
         if event == "bin_broadcast":
             await self.broadcast("bin", payload)
