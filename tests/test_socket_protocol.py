@@ -310,3 +310,17 @@ async def test_nested_params_reach_connect(endpoint: Endpoint) -> None:
         await c.recv_until("user_entered")
         await c.send("11", "2", "room:p", "assigns", {})
         assert (await c.recv_until("phx_reply"))[4]["response"]["user_id"] == "5"
+
+
+async def test_handle_info_from_another_task_and_timers(endpoint: Endpoint) -> None:
+    async with connect(endpoint.port, V2) as c:  # type: ignore[attr-defined]
+        await c.join("room:info", "11", "1")
+        await c.recv_until("user_entered")
+        channel = app.CHANNELS["room:info"]
+        channel.send(("push", "from_outside", {"n": 1}))
+        assert await c.recv() == ["11", None, "room:info", "from_outside", {"n": 1}]
+        later = channel.send_after(0.05, ("push", "timer", {"n": 2}))
+        cancelled = channel.send_after(0.01, ("push", "cancelled", {"n": 3}))
+        assert cancelled.cancel()
+        assert await c.recv() == ["11", None, "room:info", "timer", {"n": 2}]
+        assert not later.cancel()

@@ -14,6 +14,8 @@ from channels import Channel, Endpoint, JoinError, Refuse, Reply, Socket
 
 #: (topic, reason) of every terminate() call in this process, for assertions.
 TERMINATED: list[tuple[str, str]] = []
+#: The latest RoomChannel joined on each topic, so tests can message it from other tasks.
+CHANNELS: dict[str, RoomChannel] = {}
 
 
 class RoomChannel(Channel):
@@ -27,6 +29,7 @@ class RoomChannel(Channel):
         if params.get("refuse_until") and int(params["refuse_until"]) > _count(topic):
             raise JoinError({"reason": "not yet"})
         self.assigns["params"] = params
+        CHANNELS[topic] = self
         self.send_after(0, "after_join")
         return {"joined": topic} if params.get("reply") else None
 
