@@ -27,7 +27,8 @@ Nothing here does I/O; payloads convert to msgpack-able builtins with ``to_wire`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, TypeAlias
 
@@ -54,14 +55,6 @@ __all__ = [
     "payload_from_wire",
 ]
 
-Meta: TypeAlias = dict[str, Any]
-#: Opaque id of the local process/channel that tracks a presence. To cross the wire it must be a
-#: str, int, bytes or a (nested) tuple of those; tuples come back as tuples.
-Owner: TypeAlias = Hashable
-Row: TypeAlias = tuple[str, Owner, str]  # (topic, owner, key)
-RowId: TypeAlias = tuple["ReplicaRef", str, Owner, str]  # (replica, topic, owner, key)
-Clock: TypeAlias = dict["ReplicaRef", int]
-
 DEFAULT_DELTA_CAPS: tuple[int, ...] = (100, 1000, 10_000)
 WIRE_VERSION = 1
 
@@ -73,6 +66,15 @@ class ReplicaRef(NamedTuple):
     # hashing runs in C.
     node: str
     vsn: int
+
+
+Meta: TypeAlias = dict[str, Any]
+#: Opaque id of the local process/channel that tracks a presence. To cross the wire it must be a
+#: str, int, bytes or a (nested) tuple of those; tuples come back as tuples.
+Owner: TypeAlias = Hashable
+Row: TypeAlias = tuple[str, Owner, str]  # (topic, owner, key)
+RowId: TypeAlias = tuple[ReplicaRef, str, Owner, str]  # (replica, topic, owner, key)
+Clock: TypeAlias = dict[ReplicaRef, int]
 
 
 class Dot(NamedTuple):
@@ -177,7 +179,7 @@ class Delta:
                 raise WireError("delta range is inconsistent")
             removed: dict[Dot, Row] = {}
             for ri, c, topic, owner, key in obj["removed"]:
-                removed[Dot(refs[ri], _counter(c))] = _row(topic, owner, key)
+                removed[Dot(_at(refs, ri), _counter(c))] = _row(topic, owner, key)
             values: dict[Dot, Entry] = {}
             for e in _parse_values(obj["values"], refs):
                 if e.dot not in removed:
@@ -231,11 +233,11 @@ class Snapshot:
         with _parsing("state"):
             _check_header(obj, "state")
             refs = _parse_refs(obj["replicas"])
-            replica = refs[obj["from"]]
+            replica = _at(refs, obj["from"])
             context = _parse_clock(obj["context"], refs)
             clouds: dict[ReplicaRef, dict[int, Row]] = {}
             for ri, c, topic, owner, key in obj["clouds"]:
-                r = refs[ri]
+                r = _at(refs, ri)
                 # Normalise: clouds only ever hold counters beyond the context.
                 if r in context and _counter(c) > context[r]:
                     clouds.setdefault(r, {})[c] = _row(topic, owner, key)
@@ -785,13 +787,15 @@ class State:
         def keep(r: ReplicaRef) -> bool:
             return r != me and r in ctx and not (r in d.end and d.end[r] <= ctx[r])
 
+        # Empty ranges say nothing but could still look like a gap to a generation.
+        ranged = [r for r, s in d.start.items() if keep(r) and s < d.end[r]]
         out = Delta(
-            {r: n for r, n in d.start.items() if keep(r)},
-            {r: n for r, n in d.end.items() if keep(r)},
+            {r: d.start[r] for r in ranged},
+            {r: d.end[r] for r in ranged},
             {dot: e for dot, e in d.values.items() if keep(dot.replica)},
             {dot: row for dot, row in d.removed.items() if keep(dot.replica)},
         )
-        return out if out or out.start else None
+        return out if out else None
 
     def _push_generation(self, delta: Delta) -> None:
         # Sliding windows: each level absorbs the delta; a level that outgrows its cap is
@@ -815,9 +819,7 @@ class State:
 def _gaps(a: Delta, b: Delta) -> list[ReplicaRef]:
     """Replicas on which the ranges of ``a`` and ``b`` neither overlap nor touch."""
     return [
-        r
-        for r, s in b.start.items()
-        if r in a.start and (s > a.end[r] or a.start[r] > b.end[r])
+        r for r, s in b.start.items() if r in a.start and (s > a.end[r] or a.start[r] > b.end[r])
     ]
 
 
@@ -865,21 +867,15 @@ class _RefTable:
         return [[r.node, r.vsn] for r in self._index]
 
 
-class _parsing:
+@contextmanager
+def _parsing(what: str) -> Iterator[None]:
     """Turns any structural error while parsing into ``WireError``."""
-
-    def __init__(self, what: str) -> None:
-        self._what = what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: object) -> None:
-        if exc is not None and not isinstance(exc, WireError) and isinstance(
-            exc, (TypeError, ValueError, KeyError, IndexError, AttributeError)
-        ):
-            raise WireError(f"malformed {self._what}: {exc!r}") from exc
+    try:
+        yield
+    except WireError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise WireError(f"malformed {what}: {exc!r}") from exc
 
 
 def _check_header(obj: Any, kind: str) -> None:
@@ -899,6 +895,12 @@ def _parse_refs(obj: Any) -> list[ReplicaRef]:
     return [_ref(node, vsn) for node, vsn in obj]
 
 
+def _at(refs: Sequence[ReplicaRef], i: Any) -> ReplicaRef:
+    if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(refs):
+        raise WireError("bad replica index")
+    return refs[i]
+
+
 def _count(n: Any) -> int:
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise WireError("bad counter")
@@ -906,13 +908,14 @@ def _count(n: Any) -> int:
 
 
 def _counter(n: Any) -> int:
-    if _count(n) < 1:
+    c = _count(n)
+    if c < 1:
         raise WireError("bad dot counter")
-    return int(n)
+    return c
 
 
 def _parse_clock(obj: Any, refs: Sequence[ReplicaRef]) -> Clock:
-    return {refs[ri]: _count(n) for ri, n in obj}
+    return {_at(refs, ri): _count(n) for ri, n in obj}
 
 
 def _owner_to_wire(owner: Owner) -> Any:
@@ -924,7 +927,8 @@ def _owner_from_wire(obj: Any) -> Owner:
         return tuple(_owner_from_wire(x) for x in obj)
     if isinstance(obj, dict):
         raise WireError("owner must be hashable")
-    return obj  # type: ignore[no-any-return]
+    owner: Owner = obj
+    return owner
 
 
 def _row(topic: Any, owner: Any, key: Any) -> Row:
@@ -939,7 +943,4 @@ def _parse_values(obj: Any, refs: Sequence[ReplicaRef]) -> Iterable[Entry]:
             if not isinstance(meta, dict):
                 raise WireError("meta must be a map")
             t, o, k = _row(topic, owner, key)
-            yield Entry(t, o, k, meta, Dot(refs[ri], _counter(c)))
-
-
-_Check: TypeAlias = Callable[[ReplicaRef], bool]
+            yield Entry(t, o, k, meta, Dot(_at(refs, ri), _counter(c)))

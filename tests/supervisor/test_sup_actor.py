@@ -240,7 +240,7 @@ async def test_stop_finishes_current_message_and_fails_pending_calls(
 
     async def caller() -> None:
         try:
-            await actor.call("x")
+            await actor.call("x", timeout=60)
         except MailboxClosed:
             call_outcome.append("closed")
 
