@@ -11,7 +11,7 @@ import logging
 import socket as stdsocket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h11
 import trio
@@ -23,6 +23,9 @@ from channels.http import HTTPError, Request
 from channels.pubsub import PubSub, Subscriber
 from channels.serializer import serializer_for_vsn
 from channels.socket import Refuse, Socket, SocketSession
+
+if TYPE_CHECKING:
+    from presence import Presence
 
 log = logging.getLogger("channels.endpoint")
 
@@ -40,6 +43,7 @@ class Endpoint:
         sockets: Mapping[str, type[Socket]],
         *,
         pubsub: PubSub | None = None,
+        presence: Presence | None = None,
         static: Mapping[str, str | Path] | None = None,
         drain_batch_size: int = 10_000,
         drain_batch_interval: float = 2.0,
@@ -47,6 +51,9 @@ class Endpoint:
     ) -> None:
         self.sockets = {mount.rstrip("/"): cls for mount, cls in sockets.items()}
         self.pubsub = pubsub if pubsub is not None else PubSub()
+        self.presence = presence
+        if presence is not None:
+            presence.attach(self.pubsub)
         self.static = {k: Path(v) for k, v in (static or {}).items()}
         self.drain_batch_size = drain_batch_size
         self.drain_batch_interval = drain_batch_interval
@@ -93,17 +100,22 @@ class Endpoint:
         listener = _listen(host, port)
         bound = listener.getsockname()[1]
         try:
-            async with trio.open_nursery() as services:
-                await services.start(self.pubsub.run)
-                services.start_soon(self._heartbeat_monitor)
-                async with trio.open_nursery() as connections:
-                    self._connections = connections
-                    with trio.CancelScope() as self._cancel:
-                        log.info("listening on http://%s:%d", host, bound)
-                        task_status.started(bound)
-                        await self._accept_loop(listener, connections, (host, bound))
-                    # Accepting stopped (drain): wait for the connections to finish.
-                services.cancel_scope.cancel()
+            # Nested so that shutdown is ordered: connections, then presence, then pubsub.
+            async with trio.open_nursery() as pubsub_tasks:
+                await pubsub_tasks.start(self.pubsub.run)
+                async with trio.open_nursery() as services:
+                    if self.presence is not None:
+                        await services.start(self.presence.run)
+                    services.start_soon(self._heartbeat_monitor)
+                    async with trio.open_nursery() as connections:
+                        self._connections = connections
+                        with trio.CancelScope() as self._cancel:
+                            log.info("listening on http://%s:%d", host, bound)
+                            task_status.started(bound)
+                            await self._accept_loop(listener, connections, (host, bound))
+                        # Accepting stopped (drain): wait for the connections to finish.
+                    services.cancel_scope.cancel()
+                pubsub_tasks.cancel_scope.cancel()
         finally:
             trio.lowlevel.notify_closing(listener)
             listener.close()
