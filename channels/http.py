@@ -302,6 +302,8 @@ async def serve_static(
 
 def resolve_static(static: dict[str, Path], path: str) -> Path | None:
     """Map a URL path to a file under the ``static`` table, refusing path traversal."""
+    if "\x00" in path:
+        return None
     if path in static and static[path].is_file():
         return static[path]
     for prefix, root in static.items():

@@ -111,3 +111,9 @@ async def test_abrupt_disconnect_mid_frame(endpoint: Endpoint) -> None:
     sock.close()
     async with connect(endpoint.port) as c:  # type: ignore[attr-defined]
         await _alive(c, "1")
+
+
+async def test_nul_byte_in_path_is_404(endpoint: Endpoint) -> None:
+    endpoint.static = {"/": __import__("pathlib").Path(__file__).parent}
+    resp = await _http(endpoint.port, b"GET /%00 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")  # type: ignore[attr-defined]
+    assert resp.startswith(b"HTTP/1.1 404 ")

@@ -1,0 +1,1 @@
+"""The example chat app: ``trio-channels serve examples.chat.app:endpoint``."""
