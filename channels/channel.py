@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import trio
 
-from supervisor import Actor, ChildHandle, TimerRef
+from supervisor import Actor, ChildHandle, MailboxClosed, TimerRef
 
 if TYPE_CHECKING:
     from channels.serializer import Message
@@ -174,6 +174,14 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
         channel.socket = session.socket
         channel.assigns = dict(session.socket.assigns)
         channel._process = self
+
+    def send(self, msg: tuple[Any, ...]) -> None:
+        # A channel that has ended drops messages (like a dead Erlang process), so a broadcast
+        # or another task racing its end never sees an error.
+        try:
+            super().send(msg)
+        except MailboxClosed:
+            pass
 
     def child_cancel(self) -> None:
         """Stop the channel's task (its ``terminate`` runs with ``exit_reason``)."""

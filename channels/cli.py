@@ -57,16 +57,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default=os.environ.get("TRIO_CHANNELS_HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("TRIO_CHANNELS_PORT", "4000")))
     p.add_argument("--log-level", default=os.environ.get("TRIO_CHANNELS_LOG_LEVEL", "INFO"))
+    p.add_argument("--redis-url", default=os.environ.get("TRIO_CHANNELS_REDIS_URL"),
+                   help="join a cluster through this Redis (default: single node)")
+    p.add_argument("--node-name", default=os.environ.get("TRIO_CHANNELS_NODE_NAME"),
+                   help="this node's unique name in the cluster (default: host-pid)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     endpoint = load_endpoint(args.app)
+    if args.redis_url:
+        from channels.redis import RedisAdapter
+
+        endpoint.pubsub.adapter = RedisAdapter(args.redis_url, node_name=args.node_name)
+    elif args.node_name:
+        endpoint.pubsub.adapter.node_name = args.node_name
 
     def ready(port: int) -> None:
         # Tests and scripts wait for this line to know the node is up.
         print(f"trio-channels: serving on http://{args.host}:{port}", flush=True)
 
-    trio.run(serve, endpoint, args.host, args.port, ready)
+    try:
+        trio.run(serve, endpoint, args.host, args.port, ready)
+    except Exception as exc:
+        from channels.redis import NodeNameInUse
+
+        if isinstance(exc, NodeNameInUse) or (
+            isinstance(exc, BaseExceptionGroup)
+            and exc.subgroup(NodeNameInUse) is not None
+        ):
+            print(f"trio-channels: node name {args.node_name!r} is already in use by a live node",
+                  file=sys.stderr)
+            return 2
+        raise
     log.info("stopped")
     return 0
 

@@ -30,6 +30,7 @@ class Connection:
     """
 
     __slots__ = (
+        "_drained",
         "_flushing",
         "_nursery",
         "_pending",
@@ -38,6 +39,7 @@ class Connection:
         "last_seen",
         "max_buffer",
         "on_overflow",
+        "overflowed",
         "peer",
         "sock",
     )
@@ -53,12 +55,14 @@ class Connection:
         self.peer = peer
         self.max_buffer = max_buffer
         self.closed = False
+        self.overflowed = False
         self.last_seen = trio.current_time()
         self.on_overflow: Callable[[], None] | None = None
         self._nursery: trio.Nursery | None = None
         self._pending: collections.deque[memoryview] = collections.deque()
         self._pending_bytes = 0
         self._flushing = False
+        self._drained: trio.Event | None = None
 
     def attach(self, nursery: trio.Nursery) -> None:
         """Give the connection a nursery to run its flusher in (owned by the handler)."""
@@ -71,7 +75,7 @@ class Connection:
 
     def write_nowait(self, data: bytes) -> None:
         """Send ``data`` now, or queue what the kernel does not take. Never blocks."""
-        if self.closed:
+        if self.closed or self.overflowed:
             return
         if not self._pending:
             try:
@@ -96,12 +100,25 @@ class Connection:
             self._nursery.start_soon(self._flush)
 
     def _overflow(self) -> None:
-        self._pending.clear()
-        self._pending_bytes = 0
+        # What is queued stays (a frame cut in half would corrupt the stream); nothing more is
+        # accepted but ``write_final``, so memory stays within max_buffer plus one frame.
+        self.overflowed = True
         if self.on_overflow is not None:
             self.on_overflow()
         else:
             self.abort()
+
+    def write_final(self, data: bytes) -> None:
+        """Queue ``data`` (a close frame) behind everything, even past the buffer limit."""
+        if self.closed:
+            return
+        if not self._pending:
+            self.overflowed, was = False, self.overflowed
+            self.write_nowait(data)
+            self.overflowed = was
+            return
+        self._pending.append(memoryview(data))
+        self._pending_bytes += len(data)
 
     async def _flush(self) -> None:
         try:
@@ -113,6 +130,8 @@ class Connection:
                 self._send_pending()
         finally:
             self._flushing = False
+            if self._drained is not None:
+                self._drained.set()
 
     def _send_pending(self) -> None:
         pending = self._pending
@@ -137,10 +156,13 @@ class Connection:
 
     async def drain(self, timeout: float) -> None:
         """Wait (up to ``timeout`` seconds) until queued bytes reached the kernel."""
+        if not self._pending or self.closed:
+            return
+        # The flusher task owns writability waits (trio allows one waiter per fd).
+        if self._drained is None or self._drained.is_set():
+            self._drained = trio.Event()
         with trio.move_on_after(timeout):
-            while self._pending and not self.closed:
-                await trio.lowlevel.wait_writable(self.sock)
-                self._send_pending()
+            await self._drained.wait()
 
     async def receive_some(self) -> bytes:
         """The next chunk of inbound bytes; ``b""`` at end of stream or after close."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -43,6 +44,11 @@ class CallbackSubscriber:
         self.fn(topic, event, payload)
 
 
+def _log_failed(sub: Subscriber, topic: str, event: str) -> None:
+    # One broken subscriber must not cost the others their delivery.
+    log.exception("subscriber %r failed on %r %s", sub, event, topic)
+
+
 class Adapter(abc.ABC):
     """Carries broadcasts between the nodes of a cluster.
 
@@ -51,6 +57,8 @@ class Adapter(abc.ABC):
     """
 
     node_name: str = "local"
+    #: Unique per process start: a restarted node is a new incarnation (presence uses it).
+    incarnation: str = ""
 
     @abc.abstractmethod
     async def run(self, pubsub: PubSub, *, task_status: trio.TaskStatus[None]) -> None:
@@ -70,6 +78,7 @@ class LocalAdapter(Adapter):
 
     def __init__(self, node_name: str = "local") -> None:
         self.node_name = node_name
+        self.incarnation = secrets.token_hex(8)
 
     async def run(self, pubsub: PubSub, *, task_status: trio.TaskStatus[None]) -> None:
         task_status.started()
@@ -128,11 +137,17 @@ class PubSub:
         if len(subs) <= CHECKPOINT_EVERY:
             for sub in tuple(subs):
                 if sub is not exclude:
-                    sub.deliver(topic, event, payload, cache)
+                    try:
+                        sub.deliver(topic, event, payload, cache)
+                    except Exception:
+                        _log_failed(sub, topic, event)
             return
         for i, sub in enumerate(tuple(subs), 1):
             if sub is not exclude:
-                sub.deliver(topic, event, payload, cache)
+                try:
+                    sub.deliver(topic, event, payload, cache)
+                except Exception:
+                    _log_failed(sub, topic, event)
             if i % CHECKPOINT_EVERY == 0:
                 await trio.lowlevel.checkpoint()
 

@@ -23,6 +23,7 @@ from channels.frames import (
     CLOSE_GOING_AWAY,
     CLOSE_INVALID_DATA,
     CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNSUPPORTED,
     ws_frame,
 )
@@ -186,14 +187,16 @@ class SocketSession:
         log.debug("closing %s: %d %s", self.conn.peer, code, reason)
 
     def _on_overflow(self) -> None:
-        log.warning("slow consumer %s: more than %d bytes queued, disconnecting",
+        log.warning("slow consumer %s: more than %d bytes queued, closing 1013",
                     self.conn.peer, self.conn.max_buffer)
         self.closing = True
-        self.conn.abort()
+        self.end_reason = "closed"
+        if self._ws.state is ConnectionState.OPEN:
+            # Behind the queued frames: a client that resumes reading sees it and reconnects.
+            self.conn.write_final(self._ws.send(CloseConnection(CLOSE_TRY_AGAIN_LATER,
+                                                                "slow consumer")))
         if self._read_scope is not None:
-            self._read_scope.cancel()
-        # A close frame cannot jump the queued bytes, so the client sees the TCP close
-        # (and reconnects).
+            self._read_scope.relative_deadline = CLOSE_GRACE
 
     async def run(self, trailing: bytes) -> None:
         """Serve the connection until it closes; then stop every channel."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 import trio
 
@@ -78,7 +78,8 @@ class Actor(Generic[T]):
     """
 
     def __init__(self) -> None:
-        self._mailbox: Mailbox[object] = Mailbox()
+        # Any: holds T messages and internal _Call requests, told apart by type.
+        self._mailbox: Mailbox[Any] = Mailbox()
         self._timers: list[tuple[float, int, TimerRef]] = []
         self._timer_seq = itertools.count()
         self._cancelled_timers = 0
@@ -118,7 +119,7 @@ class Actor(Generic[T]):
         return ref
 
     # A timeout parameter (not fail_after) because expiry must also drop the request.
-    async def call(self, request: Any, timeout: float = 5.0) -> Any:  # noqa: ASYNC109
+    async def call(self, request: Any, timeout: float = 5.0) -> Any:
         """Send ``request`` through the mailbox and wait for :meth:`handle_call`'s result.
 
         An exception raised by ``handle_call`` is raised here too (and also crashes the
@@ -158,12 +159,13 @@ class Actor(Generic[T]):
             raise RuntimeError(f"{type(self).__name__} is already running")
         self._running = True
         mailbox = self._mailbox
+        queued = mailbox._items  # peeked directly: the per-message path stays call-free
         try:
             while not self._stopping:
                 if self._timers:
                     self._fire_due_timers(trio.current_time())
-                if mailbox:
-                    item = await mailbox.get()  # doesn't block: the hot path
+                if queued:
+                    item = await mailbox.get()  # doesn't block
                 else:
                     deadline = self._timers[0][0] if self._timers else math.inf
                     with trio.CancelScope(deadline=deadline) as scope:
@@ -176,27 +178,27 @@ class Actor(Generic[T]):
                             self._wait_scope = None
                     if scope.cancelled_caught:
                         continue  # a timer is due
-                await self._dispatch(item)
+                if type(item) is _Call:
+                    await self._handle_call(item)
+                else:
+                    await self.handle_message(item)
         finally:
             self._running = False
             if self._stopping:
                 self._discard_pending()
 
-    async def _dispatch(self, item: object) -> None:
-        if type(item) is not _Call:
-            await self.handle_message(cast(T, item))
-            return
-        if item.abandoned:
+    async def _handle_call(self, call: _Call) -> None:
+        if call.abandoned:
             return
         try:
-            result = await self.handle_call(item.request)
+            result = await self.handle_call(call.request)
         except Exception as exc:
-            item.fail(exc)
+            call.fail(exc)
             raise
         except BaseException:
-            item.fail(MailboxClosed(f"{type(self).__name__} exited before replying"))
+            call.fail(MailboxClosed(f"{type(self).__name__} exited before replying"))
             raise
-        item.reply(result)
+        call.reply(result)
 
     def _fire_due_timers(self, now: float) -> None:
         timers = self._timers

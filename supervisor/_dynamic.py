@@ -72,8 +72,13 @@ class DynamicSupervisor:
     (restarts loop inside that task), no background task and no per-child event
     unless someone calls :meth:`ChildHandle.wait`. Use it via :meth:`open`::
 
+        async def run_topic(topic: str) -> None:
+            await RoomActor(topic).run()  # a fresh actor per (re)start
+
         async with DynamicSupervisor.open(name="conn-42") as sup:
-            handle = sup.start_child(actor.run, name="room:lobby")
+            handle = sup.start_child(run_topic, "room:lobby", name="room:lobby")
+            ...
+            handle.cancel()  # leave the topic
 
     Children are unordered and independent (OTP's one_for_one): a crash is logged
     once and only ever affects the crashed child. PERMANENT and TRANSIENT children are

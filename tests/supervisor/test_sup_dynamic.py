@@ -269,7 +269,8 @@ async def test_crash_while_being_cancelled_reports_the_crash() -> None:
         finally:
             raise boom
 
-    async with DynamicSupervisor.open() as sup:
+    # max_restarts=0: were this treated as a restart, the supervisor would escalate.
+    async with DynamicSupervisor.open(max_restarts=0) as sup:
         handle = sup.start_child(bad_cleanup, restart=Restart.PERMANENT, name="b", on_exit=exits)
         await settle()
         handle.cancel()
@@ -288,3 +289,30 @@ async def test_failing_on_exit_is_logged_and_contained(caplog: pytest.LogCapture
         assert not survivor.done
         survivor.cancel()
     assert any("on_exit" in r.getMessage() for r in caplog.records)
+
+
+async def test_errors_mixed_with_cancellation_are_reported_not_propagated() -> None:
+    exits = Exits()
+
+    async def fail_on_cancel() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            raise Boom("cleanup")
+
+    async def child() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fail_on_cancel)
+            await trio.sleep_forever()
+
+    async with DynamicSupervisor.open() as sup:
+        mine = sup.start_child(child, name="own-cancel", on_exit=exits)
+        sup.start_child(child, name="shutdown", on_exit=exits)
+        await settle()
+        mine.cancel()
+        await mine.wait()
+        sup.stop()
+    assert sorted(name for name, _ in exits.calls) == ["own-cancel", "shutdown"]
+    for _, exc in exits.calls:
+        assert isinstance(exc, ExceptionGroup)
+        assert exc.subgroup(Boom) is not None

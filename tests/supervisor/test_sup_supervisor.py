@@ -452,3 +452,28 @@ def test_duplicate_child_ids_are_rejected() -> None:
 
     with pytest.raises(ValueError):
         Supervisor([ChildSpec("a", noop), ChildSpec("a", noop)])
+
+
+async def test_stop_during_startup_contains_errors_raised_on_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def fail_on_cancel() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            raise Boom("cleanup")
+
+    async def never_ready(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fail_on_cancel)
+            await trio.sleep_forever()
+
+    sup = Supervisor([ChildSpec("c", never_ready)])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sup.run)
+        await settle()
+        sup.stop()
+    # run() returned normally (no ExceptionGroup escaped); the error was logged as a crash.
+    [record] = crash_records(caplog)
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], ExceptionGroup)

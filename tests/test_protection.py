@@ -1,0 +1,135 @@
+"""One slow or abusive client never costs another client anything."""
+
+from __future__ import annotations
+
+import socket as stdsocket
+from typing import Any
+
+import trio
+
+from channels import Endpoint
+from channels.socket import SocketSession
+from tests.support.app import UserSocket
+from tests.support.client import RawClient, connect
+
+FRAME = 64 * 1024
+FLOOD = 80
+LIVE = 200
+
+
+class SmallBufferSocket(UserSocket):
+    max_buffer = 512 * 1024
+
+
+def _stalled_client(port: int) -> stdsocket.socket:
+    """A raw client that joins a topic and then never reads again."""
+    sock = stdsocket.socket()
+    sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nhost: x\r\n"
+                 b"upgrade: websocket\r\nconnection: Upgrade\r\n"
+                 b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 b"sec-websocket-version: 13\r\n\r\n")
+    join = b'["1","1","room:flood","phx_join",{}]'
+    # a masked client frame (mask 0 keeps the bytes readable)
+    sock.sendall(bytes((0x81, 0x80 | len(join))) + b"\x00\x00\x00\x00" + join)
+    seen = b""
+    while b"phx_reply" not in seen:  # read the upgrade and the join reply, then never again
+        seen += sock.recv(4096)
+    return sock
+
+
+async def test_stalled_client_is_dropped_live_ones_get_everything(nursery: trio.Nursery) -> None:
+    endpoint = Endpoint({"/socket": SmallBufferSocket})
+    port = await nursery.start(endpoint.serve, "127.0.0.1", 0)
+    counts = [0] * LIVE
+    progress = trio.Event()
+    all_joined = trio.Event()
+    joined = 0
+    peak_buffer = 0
+    ended: dict[SocketSession, trio.Event] = {}
+    session_ended = endpoint.session_ended
+
+    def record_end(session: SocketSession) -> None:
+        session_ended(session)
+        ended.setdefault(session, trio.Event()).set()
+    endpoint.session_ended = record_end  # type: ignore[method-assign]
+
+    async def live(i: int, c: RawClient) -> None:
+        nonlocal progress, joined
+        await c.join("room:flood", "1", "1")
+        joined += 1
+        if joined == LIVE:
+            all_joined.set()
+        while counts[i] < FLOOD:
+            m = await c.recv(timeout=30)
+            if m[3] == "flood":
+                assert m[4]["n"] == counts[i]  # in order, none lost
+                counts[i] += 1
+                progress.set()
+
+    stalled = await trio.to_thread.run_sync(_stalled_client, port)
+    try:
+        async with trio.open_nursery() as clients:
+            conns: list[Any] = []
+            for _ in range(LIVE):
+                conns.append(await clients.start(_open, port))
+            for i, c in enumerate(conns):
+                clients.start_soon(live, i, c)
+            with trio.fail_after(30):
+                await all_joined.wait()
+            assert endpoint.pubsub.subscriber_count("room:flood") == LIVE + 1
+            stalled_session = next(s for s in endpoint.sessions if s.conn.peer[1] ==
+                                   stalled.getsockname()[1])
+            blob = "x" * FRAME
+            with trio.fail_after(60):
+                for n in range(FLOOD):
+                    # pace the flood on the live clients only (they keep up; the stalled one never does)
+                    while min(counts) < n - 5:
+                        progress = trio.Event()
+                        await progress.wait()
+                    await endpoint.broadcast("room:flood", "flood", {"n": n, "blob": blob})
+                    peak_buffer = max(peak_buffer, stalled_session.conn.buffered)
+                    await trio.lowlevel.checkpoint()
+                while min(counts) < FLOOD:
+                    progress = trio.Event()
+                    await progress.wait()
+            assert stalled_session.closing, "the stalled client was not disconnected"
+            with trio.fail_after(10):
+                await ended.setdefault(stalled_session, trio.Event()).wait()
+            assert stalled_session not in endpoint.sessions
+            clients.cancel_scope.cancel()
+    finally:
+        stalled.close()
+    assert counts == [FLOOD] * LIVE
+    # bounded: at most max_buffer plus the one frame that crossed it (and the close frame)
+    assert peak_buffer <= SmallBufferSocket.max_buffer + FRAME + 1024
+
+
+async def _open(port: int, *, task_status: trio.TaskStatus[RawClient]) -> None:
+    async with connect(port) as c:
+        task_status.started(c)
+        await trio.sleep_forever()
+
+
+async def test_overflow_sends_1013_behind_queued_frames() -> None:
+    # The sans-socket part: once over the limit nothing else is queued but the close frame.
+    a, b = stdsocket.socketpair()
+    a.setblocking(False)
+    from channels.connection import Connection
+    conn = Connection(a, ("test", 0), max_buffer=100)
+    fired: list[bool] = []
+    conn.on_overflow = lambda: fired.append(True)
+    async with trio.open_nursery() as nursery:
+        conn.attach(nursery)
+        big = b"y" * (1 << 22)  # far more than the socketpair buffer takes
+        conn.write_nowait(big)
+        assert fired == [True] and conn.overflowed
+        before = conn.buffered
+        conn.write_nowait(b"dropped")
+        assert conn.buffered == before
+        conn.write_final(b"CLOSE")
+        assert conn.buffered == before + 5
+        conn.abort()
+    b.close()
+
