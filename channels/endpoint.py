@@ -20,6 +20,7 @@ from channels import http
 from channels.connection import Connection
 from channels.frames import CLOSE_PROTOCOL_ERROR, CLOSE_SERVICE_RESTART
 from channels.http import HTTPError, Request
+from channels.limits import TokenBucket
 from channels.pubsub import PubSub, Subscriber
 from channels.serializer import serializer_for_vsn
 from channels.socket import Refuse, Socket, SocketSession
@@ -48,6 +49,8 @@ class Endpoint:
         drain_batch_size: int = 10_000,
         drain_batch_interval: float = 2.0,
         drain_timeout: float = 30.0,
+        max_connections: int | None = None,
+        connection_rate: tuple[float, float] | None = None,
     ) -> None:
         self.sockets = {mount.rstrip("/"): cls for mount, cls in sockets.items()}
         self.pubsub = pubsub if pubsub is not None else PubSub()
@@ -59,6 +62,8 @@ class Endpoint:
         self.drain_batch_interval = drain_batch_interval
         self.drain_timeout = drain_timeout
         self.sessions: set[SocketSession] = set()
+        self.max_connections = max_connections
+        self._connection_rate = TokenBucket(*connection_rate) if connection_rate else None
         self.draining = False
         self._ws_paths = {mount + "/websocket": cls for mount, cls in self.sockets.items()}
         self._cancel: trio.CancelScope | None = None
@@ -193,6 +198,15 @@ class Endpoint:
         http.check_handshake(req)
         if self.draining:
             raise HTTPError(503, "server is shutting down")
+        if self.max_connections is not None and len(self.sessions) >= self.max_connections:
+            log.warning("refused WebSocket from %s: %d connections (max_connections)",
+                        req.peer, len(self.sessions))
+            raise HTTPError(503, "too many connections")
+        if self._connection_rate is not None and \
+                not self._connection_rate.take(trio.current_time()):
+            log.warning("refused WebSocket from %s: new connections over the rate limit",
+                        req.peer)
+            raise HTTPError(503, "too many new connections")
         params = http.parse_params(req.query)
         vsn = params.get("vsn")
         serializer = serializer_for_vsn(vsn) if vsn is None or isinstance(vsn, str) else None
@@ -201,7 +215,7 @@ class Endpoint:
                         "supported versions (~> 1.0.0, ~> 2.0.0)", vsn)
             raise HTTPError(403, "unsupported vsn")
         origin = req.header("origin")
-        if not http.origin_allowed(origin, socket_cls.check_origin):
+        if not http.origin_allowed(origin, socket_cls.check_origin, req.header("host")):
             log.warning("refused WebSocket from %s: origin %r is not allowed", req.peer, origin)
             raise HTTPError(403, "origin not allowed")
         offered, token = http.parse_subprotocols(req)
@@ -255,6 +269,14 @@ def _listen(host: str, port: int) -> stdsocket.socket:
     return sock
 
 
+def _mask_protocols(name: str, value: str) -> str:
+    """Hide the authToken subprotocol (it is in ``auth_token``) so logging headers is safe."""
+    if name != "sec-websocket-protocol" or http.AUTH_TOKEN_PREFIX not in value:
+        return value
+    return ", ".join("[FILTERED]" if p.strip().startswith(http.AUTH_TOKEN_PREFIX) else p.strip()
+                     for p in value.split(","))
+
+
 def _connect_info(req: Request, token: str | None) -> dict[str, Any]:
     host_header = req.header("host") or f"{req.host_port[0]}:{req.host_port[1]}"
     host, _, port = host_header.rpartition(":") if ":" in host_header else (host_header, "", "")
@@ -268,9 +290,9 @@ def _connect_info(req: Request, token: str | None) -> dict[str, Any]:
         "x_headers": [(k, v) for k, v in req.headers if k.startswith("x-")],
         "trace_context_headers": [(k, v) for k, v in req.headers
                                   if k in ("traceparent", "tracestate")],
-        "sec_websocket_headers": [(k, v) for k, v in req.headers
+        "sec_websocket_headers": [(k, _mask_protocols(k, v)) for k, v in req.headers
                                   if k.startswith("sec-websocket-")],
-        "headers": dict(req.headers),
+        "headers": {k: _mask_protocols(k, v) for k, v in req.headers},
         "auth_token": token,
     }
 

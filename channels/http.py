@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import logging
 import mimetypes
 import re
@@ -249,34 +250,60 @@ def parse_params(query: str) -> dict[str, Any]:
     return params
 
 
-def origin_allowed(origin: str | None, allowed: bool | list[str] | tuple[str, ...]) -> bool:
-    """Phoenix's ``check_origin`` against a list such as ``["https://a.com", "//*.b.com"]``.
+def origin_allowed(
+    origin: str | None,
+    allowed: bool | list[str] | tuple[str, ...] | None,
+    host: str | None = None,
+) -> bool:
+    """Phoenix's ``check_origin`` for a request whose Host header is ``host``.
 
-    A missing Origin header is allowed; ``False`` allows everything; each listed origin
-    compares scheme, host and port only where it names them; ``*.`` matches the domain and
-    its subdomains.
+    A missing Origin header is allowed (not a browser). ``False`` allows everything; ``True``
+    allows only the request's own host; ``None`` is ``True`` unless the request came to a
+    loopback host. A list such as ``["https://a.com", "//*.b.com"]`` compares scheme, host and
+    port only where an entry names them; ``*.`` matches the domain and its subdomains.
     """
     if allowed is False or origin is None:
         return True
-    if allowed is True:
-        return False
     o = urlsplit(origin)
-    if not o.hostname:
+    if not o.hostname:  # "null" (sandboxed iframes, file://) and garbage
         return False
+    if allowed is None or allowed is True:
+        request_host = _hostname(host)
+        if allowed is None and (request_host is None or _is_loopback(request_host)):
+            return True
+        return request_host is not None and o.hostname == request_host
     for item in allowed:
         a = urlsplit(item if "//" in item else "//" + item)
         if a.scheme and a.scheme != o.scheme:
             continue
         if a.port is not None and a.port != (o.port or _default_port(o.scheme)):
             continue
-        host = a.hostname or ""
-        if host.startswith("*."):
-            base = host[2:]
+        pattern = a.hostname or ""
+        if pattern.startswith("*."):
+            base = pattern[2:]
             if o.hostname == base or o.hostname.endswith("." + base):
                 return True
-        elif host == o.hostname:
+        elif pattern == o.hostname:
             return True
     return False
+
+
+def _hostname(host: str | None) -> str | None:
+    if not host:
+        return None
+    try:
+        return urlsplit("//" + host).hostname
+    except ValueError:
+        return None
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname == "localhost" or hostname.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
 
 
 def _default_port(scheme: str) -> int | None:

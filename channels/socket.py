@@ -22,11 +22,13 @@ from channels.connection import Connection
 from channels.frames import (
     CLOSE_GOING_AWAY,
     CLOSE_INVALID_DATA,
+    CLOSE_POLICY,
     CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNSUPPORTED,
     ws_frame,
 )
+from channels.limits import InboundLimiter
 from channels.protocol import Route, SocketState
 from channels.serializer import DecodeError, EncodeError, Message, Serializer
 from supervisor import DynamicSupervisor
@@ -65,8 +67,14 @@ class Socket:
     max_frame_size: ClassVar[int] = 1 << 20
     #: Outbound bytes a connection may have queued before it is dropped as a slow consumer.
     max_buffer: ClassVar[int] = 1 << 20
-    #: ``False`` allows any Origin; a list allows those origins (Phoenix's check_origin).
-    check_origin: ClassVar[bool | list[str] | tuple[str, ...]] = False
+    #: Allowed browser origins (Phoenix's check_origin): a list such as
+    #: ``["https://app.example.com", "//*.example.com"]``; ``True`` = the request's own host;
+    #: ``False`` = any; ``None`` (default) = any on a loopback host, else the request's own host.
+    check_origin: ClassVar[bool | list[str] | tuple[str, ...] | None] = None
+    #: Inbound messages per second and burst per connection; over it a push gets
+    #: ``{"reason": "rate_limited"}``, and a client that keeps on is closed with 1008.
+    #: ``None`` disables the limit.
+    rate_limit: ClassVar[tuple[float, float] | None] = (1000.0, 2000.0)
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -135,6 +143,9 @@ class SocketSession:
         self._id_sub = _IdSubscriber(self)
         conn.max_buffer = type(socket).max_buffer
         conn.on_overflow = self._on_overflow
+        limit = type(socket).rate_limit
+        self._limiter = InboundLimiter(limit[0], limit[1], trio.current_time()) \
+            if limit is not None else None
 
     # -- outbound ----------------------------------------------------------------------------
 
@@ -303,6 +314,16 @@ class SocketSession:
             log.warning("malformed message from %s (closing %d): %s", self.conn.peer, code, exc)
             self.close(code, "malformed message")
             return
+        if self._limiter is not None:
+            verdict = self._limiter.check(self.conn.last_seen)
+            if not verdict:
+                if verdict is None:
+                    log.warning("closing %s (1008): kept sending past its rate limit",
+                                self.conn.peer)
+                    self.close(CLOSE_POLICY, "rate limit exceeded")
+                elif msg.ref is not None:
+                    self.send_reply(msg.join_ref, msg.ref, msg.topic, _RATE_LIMITED)
+                return
         route = self.state.route(msg)
         if route is Route.FORWARD:
             self.state.topics[msg.topic].handle.forward(msg)
@@ -381,3 +402,4 @@ class SocketSession:
 
 
 _OK = Reply.ok()
+_RATE_LIMITED = Reply.error({"reason": "rate_limited"})

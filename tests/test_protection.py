@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket as stdsocket
 from typing import Any
 
+import pytest
 import trio
 
 from channels import Endpoint
@@ -133,3 +134,107 @@ async def test_overflow_sends_1013_behind_queued_frames() -> None:
         conn.abort()
     b.close()
 
+
+
+class LimitedSocket(UserSocket):
+    rate_limit = (10.0, 5.0)
+
+
+async def test_rate_limit_replies_then_closes_1008(nursery: trio.Nursery) -> None:
+    endpoint = Endpoint({"/socket": LimitedSocket})
+    port = await nursery.start(endpoint.serve, "127.0.0.1", 0)
+    async with connect(port) as bystander, connect(port) as c:
+        # a burst of 5 passes; the rest of a quick flurry is refused with a clear reason
+        for i in range(8):
+            await c.send(None, str(i), "phoenix", "heartbeat", {})
+        replies = [await c.recv() for _ in range(8)]
+        statuses = [r[4]["status"] for r in replies]
+        assert statuses[:5] == ["ok"] * 5
+        assert replies[-1][4] == {"status": "error", "response": {"reason": "rate_limited"}}
+        # keeping on while refused is abuse: the connection is closed with 1008
+        for i in range(100):
+            try:
+                await c.send(None, f"x{i}", "phoenix", "heartbeat", {})
+            except Exception:
+                break
+        assert await c.closed() == 1008
+        await bystander.send(None, "1", "phoenix", "heartbeat", {})
+        assert (await bystander.recv())[4]["status"] == "ok"
+
+
+async def test_connection_limits_answer_503(nursery: trio.Nursery) -> None:
+    from trio_websocket import ConnectionRejected
+
+    endpoint = Endpoint({"/socket": UserSocket}, max_connections=2)
+    port = await nursery.start(endpoint.serve, "127.0.0.1", 0)
+    async with connect(port), connect(port):
+        with pytest.raises(ConnectionRejected) as err:
+            async with connect(port):
+                pass
+        assert err.value.status_code == 503
+    rate_limited = Endpoint({"/socket": UserSocket}, connection_rate=(0.001, 2))
+    port = await nursery.start(rate_limited.serve, "127.0.0.1", 0)
+    async with connect(port), connect(port):
+        pass
+    with pytest.raises(ConnectionRejected) as err:
+        async with connect(port):
+            pass
+    assert err.value.status_code == 503
+
+
+class AutoOriginSocket(UserSocket):
+    check_origin = None
+
+
+@pytest.mark.parametrize("host, origin, ok", [
+    ("127.0.0.1:4000", "https://evil.example", True),     # loopback host: development
+    ("localhost:4000", "http://anything.test", True),
+    ("chat.example.com", "https://chat.example.com", True),  # same host
+    ("chat.example.com", "https://evil.example", False),     # cross-site WebSocket hijacking
+    ("chat.example.com", "null", False),                     # sandboxed iframe / file://
+    ("chat.example.com", None, True),                        # not a browser
+])
+async def test_check_origin_default(nursery: trio.Nursery, host: str, origin: str | None,
+                                    ok: bool) -> None:
+    endpoint = Endpoint({"/socket": AutoOriginSocket})
+    port = await nursery.start(endpoint.serve, "127.0.0.1", 0)
+    request = (f"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nhost: {host}\r\n"
+               "upgrade: websocket\r\nconnection: Upgrade\r\n"
+               "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n"
+               + (f"origin: {origin}\r\n" if origin else "") + "\r\n").encode()
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(request)
+        with trio.fail_after(5):
+            head = await stream.receive_some()
+    assert head.startswith(b"HTTP/1.1 101 " if ok else b"HTTP/1.1 403 "), head
+
+
+async def test_connect_info_never_carries_the_token_in_headers(endpoint: Endpoint) -> None:
+    from tests.support import app
+
+    protos = ["phoenix", "base64url.bearer.phx.dG9rPT8"]
+    async with connect(endpoint.port, subprotocols=protos) as c:  # type: ignore[attr-defined]
+        await c.join("room:mask", "1", "1")
+        session = next(iter(endpoint.sessions))
+        info = session.socket.connect_info
+        assert info["auth_token"] == "tok=?"
+        assert "dG9rPT8" not in repr(info["headers"]) + repr(info["sec_websocket_headers"])
+    assert app
+
+
+async def test_slowloris_request_head_times_out(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    endpoint = Endpoint({"/socket": UserSocket})
+    port = await nursery.start(endpoint.serve, "127.0.0.1", 0)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        start = trio.current_time()
+        await stream.send_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-slow: a")  # never finished
+        with trio.fail_after(60):
+            assert await stream.receive_some() == b""  # closed by the server
+        assert trio.current_time() - start >= 10  # HEADER_TIMEOUT
+    async with connect(port) as c:
+        await c.send(None, "1", "phoenix", "heartbeat", {})
+        assert (await c.recv())[1] == "1"
