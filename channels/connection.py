@@ -59,7 +59,8 @@ class Connection:
         self.last_seen = trio.current_time()
         self.on_overflow: Callable[[], None] | None = None
         self._nursery: trio.Nursery | None = None
-        self._pending: collections.deque[memoryview] = collections.deque()
+        # Allocated on first backlog: most connections never have one (and idle memory counts).
+        self._pending: collections.deque[memoryview] | None = None
         self._pending_bytes = 0
         self._flushing = False
         self._drained: trio.Event | None = None
@@ -77,7 +78,8 @@ class Connection:
         """Send ``data`` now, or queue what the kernel does not take. Never blocks."""
         if self.closed or self.overflowed:
             return
-        if not self._pending:
+        pending = self._pending
+        if not pending:
             try:
                 n = self.sock.send(data)
             except BlockingIOError:
@@ -88,7 +90,9 @@ class Connection:
             if n == len(data):
                 return
             data = data[n:]
-        self._pending.append(memoryview(data))
+            if pending is None:
+                pending = self._pending = collections.deque()
+        pending.append(memoryview(data))
         self._pending_bytes += len(data)
         if self._pending_bytes > self.max_buffer:
             self._overflow()
@@ -135,6 +139,7 @@ class Connection:
 
     def _send_pending(self) -> None:
         pending = self._pending
+        assert pending is not None
         while pending:
             bufs = list(pending)[:_MAX_IOV] if len(pending) > 1 else [pending[0]]
             try:
@@ -193,7 +198,7 @@ class Connection:
         if self.closed:
             return
         self.closed = True
-        self._pending.clear()
+        self._pending = None
         self._pending_bytes = 0
         trio.lowlevel.notify_closing(self.sock)
         self.sock.close()

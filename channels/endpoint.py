@@ -166,35 +166,37 @@ class Endpoint:
     async def _handle_connection(self, sock: stdsocket.socket, peer: tuple[str, int],
                                  host_port: tuple[str, int]) -> None:
         conn = Connection(sock, peer)
+        # Flushers run in the connections nursery: abort() wakes and ends them, so a
+        # per-connection nursery (and its memory) is not needed.
+        assert self._connections is not None
+        conn.attach(self._connections)
         try:
-            async with trio.open_nursery() as nursery:
-                conn.attach(nursery)
-                try:
-                    await http.serve_http(self, conn, host_port)
-                finally:
-                    nursery.cancel_scope.cancel()
+            session = await http.serve_http(self, conn, host_port)
+            if session is not None:
+                await session.run()
         except Exception:
             log.exception("connection handler for %s failed", peer)
         finally:
             conn.abort()
 
-    async def handle_http(self, req: Request, conn: Connection, h: h11.Connection) -> bool:
-        """Serve one request; returns True if the connection became a WebSocket."""
+    async def handle_http(
+        self, req: Request, conn: Connection, h: h11.Connection
+    ) -> SocketSession | None:
+        """Serve one request; returns the session to run if it upgraded to a WebSocket."""
         if req.path == "/healthz":
             await http.send_response(conn, h, 200, b"ok\n")
-            return False
+            return None
         socket_cls = self._ws_paths.get(req.path)
         if socket_cls is not None:
-            await self._websocket(socket_cls, req, conn, h)
-            return True
+            return await self._websocket(socket_cls, req, conn, h)
         file = http.resolve_static(self.static, req.path)
         if file is None:
             raise HTTPError(404)
         await http.serve_static(conn, h, req, file)
-        return False
+        return None
 
     async def _websocket(self, socket_cls: type[Socket], req: Request, conn: Connection,
-                         h: h11.Connection) -> None:
+                         h: h11.Connection) -> SocketSession:
         http.check_handshake(req)
         if self.draining:
             raise HTTPError(503, "server is shutting down")
@@ -225,7 +227,6 @@ class Endpoint:
             raise HTTPError(403, "unsupported subprotocol")
         connect_info = _connect_info(req, token)
         socket = socket_cls(self)
-        socket.connect_info = connect_info
         try:
             result = await socket.connect(params, connect_info)
         except Refuse as exc:
@@ -238,8 +239,7 @@ class Endpoint:
         elif result is not True:
             raise HTTPError(403, "connection refused")
         trailing = http.accept_websocket(conn, h, req, "phoenix" if offered else None)
-        session = SocketSession(self, socket, serializer, conn)
-        await session.run(trailing)
+        return SocketSession(self, socket, serializer, conn, trailing)
 
     async def _heartbeat_monitor(self) -> None:
         """Close connections silent for longer than their socket's ``idle_timeout``.

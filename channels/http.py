@@ -25,6 +25,7 @@ from channels.connection import Connection
 
 if TYPE_CHECKING:
     from channels.endpoint import Endpoint
+    from channels.socket import SocketSession
 
 log = logging.getLogger("channels.http")
 
@@ -109,8 +110,11 @@ async def next_event(h: h11.Connection, conn: Connection) -> Any:
         return event
 
 
-async def serve_http(endpoint: Endpoint, conn: Connection, host_port: tuple[str, int]) -> None:
-    """Serve HTTP requests on ``conn`` until it closes or upgrades to a WebSocket."""
+async def serve_http(
+    endpoint: Endpoint, conn: Connection, host_port: tuple[str, int]
+) -> SocketSession | None:
+    """Serve HTTP requests on ``conn`` until it closes, or until it upgrades to a WebSocket:
+    then the session to run is returned (so the HTTP parser's state can be freed first)."""
     h = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
     while True:
         event: Any = None
@@ -122,36 +126,36 @@ async def serve_http(endpoint: Endpoint, conn: Connection, host_port: tuple[str,
                 if h.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     await send_response(conn, h, exc.error_status_hint, b"bad request\n",
                                         headers=[("connection", "close")])
-                return
+                return None
         if event is None:
-            return  # EOF, or the request head did not arrive in time (slowloris)
+            return None  # EOF, or the request head did not arrive in time (slowloris)
         if not isinstance(event, h11.Request):
-            return
+            return None
         req = _make_request(event, conn.peer, host_port)
         try:
-            upgraded = await endpoint.handle_http(req, conn, h)
+            session = await endpoint.handle_http(req, conn, h)
         except HTTPError as exc:
             await send_response(conn, h, exc.status, (exc.message + "\n").encode(),
                                 headers=[("connection", "close")])
-            return
-        if upgraded:
-            return
+            return None
+        if session is not None:
+            return session
         # Drain the request body (a GET has none) before the next request.
         while True:
             try:
                 ev = await next_event(h, conn)
             except h11.RemoteProtocolError:
-                return
+                return None
             if ev is None or isinstance(ev, h11.EndOfMessage | h11.ConnectionClosed):
                 break
             if ev is h11.PAUSED:
-                return
+                return None
         if h.our_state is not h11.DONE or h.their_state is not h11.DONE:
-            return
+            return None
         try:
             h.start_next_cycle()
         except h11.LocalProtocolError:
-            return
+            return None
 
 
 def _make_request(event: h11.Request, peer: tuple[str, int],

@@ -12,9 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import trio
-from wsproto.connection import Connection as WSConnection
-from wsproto.connection import ConnectionState, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
 from channels import protocol
 from channels.channel import Channel, ChannelProcess, JoinError, Reply
@@ -55,6 +53,8 @@ class Socket:
 
     Subclass it, set :attr:`channels`, and override :meth:`connect` and :meth:`id`.
     One instance exists per connection; ``assigns`` is copied into each channel it joins.
+    ``connect_info`` is given to :meth:`connect` only (as in Phoenix): copy what channels
+    need into the assigns.
     """
 
     #: Topic patterns to channel classes: ``"room:*"`` matches by prefix, others exactly.
@@ -79,7 +79,6 @@ class Socket:
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         self.assigns: dict[str, Any] = {}
-        self.connect_info: dict[str, Any] = {}
 
     async def connect(
         self, params: dict[str, Any], connect_info: dict[str, Any]
@@ -124,7 +123,8 @@ class SocketSession:
     """One connected client: frames in, protocol rules, channel processes, frames out."""
 
     def __init__(
-        self, endpoint: Endpoint, socket: Socket, serializer: Serializer, conn: Connection
+        self, endpoint: Endpoint, socket: Socket, serializer: Serializer, conn: Connection,
+        trailing: bytes = b"",
     ) -> None:
         self.endpoint = endpoint
         self.socket = socket
@@ -136,7 +136,11 @@ class SocketSession:
         self.idle_timeout = type(socket).idle_timeout
         self.closing = False
         self.end_reason = "closed"
-        self._ws = WSConnection(ConnectionType.SERVER)
+        # wsproto's frame layer only (its Connection adds state we keep ourselves, and memory).
+        self._frames = FrameProtocol(client=False, extensions=[])
+        # Bytes that arrived with the upgrade request are the first WebSocket frames.
+        self._frames.receive_bytes(trailing)
+        self._close_sent = False
         self._sup: DynamicSupervisor | None = None
         self._read_scope: trio.CancelScope | None = None
         self._id_topic: str | None = None
@@ -191,8 +195,9 @@ class SocketSession:
             return
         self.closing = True
         self.end_reason = end_reason
-        if self._ws.state is ConnectionState.OPEN:
-            self.conn.write_nowait(self._ws.send(CloseConnection(code, reason)))
+        if not self._close_sent:
+            self._close_sent = True
+            self.conn.write_nowait(bytes(self._frames.close(code, reason)))
         if self._read_scope is not None:
             self._read_scope.relative_deadline = CLOSE_GRACE
         log.debug("closing %s: %d %s", self.conn.peer, code, reason)
@@ -202,14 +207,15 @@ class SocketSession:
                     self.conn.peer, self.conn.max_buffer)
         self.closing = True
         self.end_reason = "closed"
-        if self._ws.state is ConnectionState.OPEN:
+        if not self._close_sent:
+            self._close_sent = True
             # Behind the queued frames: a client that resumes reading sees it and reconnects.
-            self.conn.write_final(self._ws.send(CloseConnection(CLOSE_TRY_AGAIN_LATER,
-                                                                "slow consumer")))
+            self.conn.write_final(bytes(self._frames.close(CLOSE_TRY_AGAIN_LATER,
+                                                           "slow consumer")))
         if self._read_scope is not None:
             self._read_scope.relative_deadline = CLOSE_GRACE
 
-    async def run(self, trailing: bytes) -> None:
+    async def run(self) -> None:
         """Serve the connection until it closes; then stop every channel."""
         sid = self.socket.id()
         if sid is not None:
@@ -221,7 +227,6 @@ class SocketSession:
                 self._sup = sup
                 try:
                     with trio.CancelScope() as self._read_scope:
-                        self._ws.receive_data(trailing)
                         await self._read_loop()
                 finally:
                     self._stop_channels()
@@ -241,60 +246,64 @@ class SocketSession:
         self.state.topics.clear()
 
     async def _read_loop(self) -> None:
-        ws = self._ws
+        frames = self._frames
         conn = self.conn
         text_parts: list[str] = []
         bin_parts: list[bytes] = []
         size = 0
         while True:
-            for event in ws.events():
-                if isinstance(event, TextMessage):
-                    data_s = event.data
-                    size += len(data_s) if data_s.isascii() else len(data_s.encode())
-                    if size > self.max_frame_size:
-                        self._too_big(size)
+            try:
+                for frame in frames.received_frames():
+                    op = frame.opcode
+                    if op is Opcode.TEXT:
+                        data_s: str = frame.payload  # type: ignore[assignment]
+                        size += len(data_s) if data_s.isascii() else len(data_s.encode())
+                        if size > self.max_frame_size:
+                            self._too_big(size)
+                            return
+                        if not frame.message_finished:
+                            text_parts.append(data_s)
+                            continue
+                        if text_parts:
+                            text_parts.append(data_s)
+                            data_s = "".join(text_parts)
+                            text_parts.clear()
+                        size = 0
+                        await self._on_frame(data_s, False)
+                    elif op is Opcode.BINARY:
+                        data_b = bytes(frame.payload)  # type: ignore[arg-type]
+                        size += len(data_b)
+                        if size > self.max_frame_size:
+                            self._too_big(size)
+                            return
+                        if not frame.message_finished:
+                            bin_parts.append(data_b)
+                            continue
+                        if bin_parts:
+                            bin_parts.append(data_b)
+                            data_b = b"".join(bin_parts)
+                            bin_parts.clear()
+                        size = 0
+                        await self._on_frame(data_b, True)
+                    elif op is Opcode.PING:
+                        if not self._close_sent:
+                            conn.write_nowait(bytes(frames.pong(frame.payload)))  # type: ignore[arg-type]
+                    elif op is Opcode.CLOSE:
+                        if not self._close_sent:  # the client closes: answer with its code
+                            self._close_sent = True
+                            self.closing = True
+                            payload = frame.payload
+                            assert isinstance(payload, tuple)
+                            conn.write_nowait(bytes(frames.close(int(payload[0]))))
                         return
-                    if not event.message_finished:
-                        text_parts.append(data_s)
-                        continue
-                    if text_parts:
-                        text_parts.append(data_s)
-                        data_s = "".join(text_parts)
-                        text_parts.clear()
-                    size = 0
-                    await self._on_frame(data_s, False)
-                elif isinstance(event, BytesMessage):
-                    data_b = bytes(event.data)
-                    size += len(data_b)
-                    if size > self.max_frame_size:
-                        self._too_big(size)
-                        return
-                    if not event.message_finished:
-                        bin_parts.append(data_b)
-                        continue
-                    if bin_parts:
-                        bin_parts.append(data_b)
-                        data_b = b"".join(bin_parts)
-                        bin_parts.clear()
-                    size = 0
-                    await self._on_frame(data_b, True)
-                elif isinstance(event, Ping):
-                    if ws.state is ConnectionState.OPEN:
-                        conn.write_nowait(ws.send(event.response()))
-                elif isinstance(event, CloseConnection):
-                    if ws.state is ConnectionState.REMOTE_CLOSING:
-                        conn.write_nowait(ws.send(event.response()))
-                    elif ws.state is ConnectionState.OPEN:  # a frame-level protocol error
-                        log.info("WebSocket protocol error from %s: %s", conn.peer,
-                                 event.reason)
-                        self.close(event.code, event.reason or "")
-                    return
-            if self.closing and ws.state is ConnectionState.CLOSED:
+            except ParseFailed as exc:
+                log.info("WebSocket protocol error from %s: %s", conn.peer, exc)
+                self.close(exc.code, str(exc)[:100])
                 return
             data = await conn.receive_some()
             if not data:
                 return
-            ws.receive_data(data)
+            frames.receive_bytes(data)
 
     def _too_big(self, size: int) -> None:
         log.warning("message from %s over max_frame_size (%d > %d bytes): closing 1009",

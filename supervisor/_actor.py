@@ -64,6 +64,10 @@ class _Call:
         self.event.set()
 
 
+_timer_seq = itertools.count()  # ties between equal deadlines break in send_after order
+_WAKE = object()
+
+
 class Actor(Generic[T]):
     """Subclass and override :meth:`handle_message` (and optionally :meth:`handle_call`).
 
@@ -81,9 +85,11 @@ class Actor(Generic[T]):
         # Any: holds T messages and internal _Call requests, told apart by type.
         self._mailbox: Mailbox[Any] = Mailbox()
         self._timers: list[tuple[float, int, TimerRef]] = []
-        self._timer_seq = itertools.count()
         self._cancelled_timers = 0
         self._wait_scope: trio.CancelScope | None = None
+        # Idle with no timer: waiting without a cancel scope keeps an idle actor small; a
+        # send_after from elsewhere then wakes it with _WAKE.
+        self._idle_unscoped = False
         self._stopping = False
         self._running = False
 
@@ -111,11 +117,14 @@ class Actor(Generic[T]):
             raise MailboxClosed("actor is stopped")
         deadline = trio.current_time() + delay
         ref = TimerRef(self, msg, deadline)
-        heapq.heappush(self._timers, (deadline, next(self._timer_seq), ref))
+        heapq.heappush(self._timers, (deadline, next(_timer_seq), ref))
         # Sent from another task while the actor is idle: wake it up in time.
         scope = self._wait_scope
         if scope is not None and deadline < scope.deadline:
             scope.deadline = deadline
+        elif self._idle_unscoped:
+            self._idle_unscoped = False
+            self._mailbox.put_nowait(_WAKE)
         return ref
 
     # A timeout parameter (not fail_after) because expiry must also drop the request.
@@ -159,13 +168,20 @@ class Actor(Generic[T]):
             raise RuntimeError(f"{type(self).__name__} is already running")
         self._running = True
         mailbox = self._mailbox
-        queued = mailbox._items  # peeked directly: the per-message path stays call-free
         try:
             while not self._stopping:
                 if self._timers:
                     self._fire_due_timers(trio.current_time())
-                if queued:
+                if mailbox._items:  # peeked directly: the per-message path stays call-free
                     item = await mailbox.get()  # doesn't block
+                elif not self._timers:
+                    self._idle_unscoped = True
+                    try:
+                        item = await mailbox.get()
+                    except MailboxClosed:
+                        break  # stop() while idle
+                    finally:
+                        self._idle_unscoped = False
                 else:
                     deadline = self._timers[0][0] if self._timers else math.inf
                     with trio.CancelScope(deadline=deadline) as scope:
@@ -178,6 +194,8 @@ class Actor(Generic[T]):
                             self._wait_scope = None
                     if scope.cancelled_caught:
                         continue  # a timer is due
+                if item is _WAKE:
+                    continue
                 if type(item) is _Call:
                     await self._handle_call(item)
                 else:

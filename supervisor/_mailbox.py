@@ -25,12 +25,13 @@ class Mailbox(Generic[T]):
     __slots__ = ("_closed", "_items", "_lot")
 
     def __init__(self) -> None:
-        self._items: deque[T] = deque()
+        # None while empty: an idle mailbox holds no deque (thousands of idle actors add up).
+        self._items: deque[T] | None = None
         self._lot = trio.lowlevel.ParkingLot()
         self._closed = False
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) if self._items is not None else 0
 
     @property
     def closed(self) -> bool:
@@ -41,14 +42,21 @@ class Mailbox(Generic[T]):
         """Append ``item``; raise ``MailboxClosed`` if the mailbox is closed."""
         if self._closed:
             raise MailboxClosed("mailbox is closed")
-        self._items.append(item)
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        items.append(item)
         if self._lot:
             self._lot.unpark()
 
     def get_nowait(self) -> T:
         """Pop the oldest item; ``trio.WouldBlock`` if empty, ``MailboxClosed`` if drained."""
-        if self._items:
-            return self._items.popleft()
+        items = self._items
+        if items:
+            item = items.popleft()
+            if not items:
+                self._items = None
+            return item
         if self._closed:
             raise MailboxClosed("mailbox is closed")
         raise trio.WouldBlock
@@ -59,6 +67,8 @@ class Mailbox(Generic[T]):
         items = self._items
         if items:
             item = items.popleft()
+            if not items:
+                self._items = None
             # Popped before the schedule point, which is shielded, so it can't be lost.
             await trio.lowlevel.cancel_shielded_checkpoint()
             return item
@@ -67,8 +77,12 @@ class Mailbox(Generic[T]):
                 raise MailboxClosed("mailbox is closed")
             await self._lot.park()
             # Another getter may have taken the item between our wake-up and now.
+            items = self._items
             if items:
-                return items.popleft()
+                item = items.popleft()
+                if not items:
+                    self._items = None
+                return item
 
     def close(self) -> None:
         """Refuse further puts and wake parked getters (idempotent)."""

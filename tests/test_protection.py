@@ -217,7 +217,7 @@ async def test_connect_info_never_carries_the_token_in_headers(endpoint: Endpoin
     async with connect(endpoint.port, subprotocols=protos) as c:  # type: ignore[attr-defined]
         await c.join("room:mask", "1", "1")
         session = next(iter(endpoint.sessions))
-        info = session.socket.connect_info
+        info = session.socket.assigns["connect_info"]
         assert info["auth_token"] == "tok=?"
         assert "dG9rPT8" not in repr(info["headers"]) + repr(info["sec_websocket_headers"])
     assert app

@@ -91,7 +91,7 @@ class InfoChannel(Channel):
     """Reports what the socket saw at connect time."""
 
     async def join(self, topic: str, params: dict[str, Any]) -> dict[str, Any] | None:
-        info = self.socket.connect_info
+        info = self.assigns["connect_info"]
         return {
             "params": self.assigns.get("params"),
             "auth_token": info["auth_token"],
@@ -124,7 +124,8 @@ class UserSocket(Socket):
             raise Refuse(429, "slow down")
         if connect_info["auth_token"] == "bad-token":
             return False
-        return {"user_id": params.get("user_id"), "params": params}
+        return {"user_id": params.get("user_id"), "params": params,
+                "connect_info": connect_info}
 
     def id(self) -> str | None:
         uid = self.assigns.get("user_id")
