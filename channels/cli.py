@@ -45,7 +45,8 @@ async def serve(endpoint: Endpoint, host: str, port: int,
             async for signum in signals:
                 log.info("received %s: draining", signal.Signals(signum).name)
                 await endpoint.drain()
-                nursery.cancel_scope.cancel()
+                # serve() now stops on its own, in order (presence, then pubsub); bound it.
+                nursery.cancel_scope.deadline = trio.current_time() + 10
                 break
 
 

@@ -120,6 +120,9 @@ class Endpoint:
                             await self._accept_loop(listener, connections, (host, bound))
                         # Accepting stopped (drain): wait for the connections to finish.
                     services.cancel_scope.cancel()
+                # The tracker's last messages (leaves of drained clients) leave before Redis.
+                with trio.move_on_after(2.0, shield=True):
+                    await self.pubsub.adapter.flush(2.0)
                 pubsub_tasks.cancel_scope.cancel()
         finally:
             trio.lowlevel.notify_closing(listener)

@@ -72,6 +72,9 @@ class Adapter(abc.ABC):
     async def direct(self, node: str, topic: str, event: str, payload: Any) -> None:
         """Deliver a message to the subscribers of ``topic`` on ``node`` only."""
 
+    async def flush(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) until queued messages left this node."""
+
 
 class LocalAdapter(Adapter):
     """The single-node default: there is no other node to reach."""

@@ -257,6 +257,8 @@ class RedisAdapter(Adapter):
         self._claimed = False
         # (channel, target or None for a broadcast, packed message)
         self._queue: deque[tuple[str, str | None, bytes]] = deque()
+        self._publishing = False
+        self._flushed: trio.Event | None = None
         self._wakeup = trio.lowlevel.ParkingLot()
         self._packer = msgpack.Packer(use_bin_type=True)
         self._seen_versions: set[object] = set()
@@ -354,6 +356,18 @@ class RedisAdapter(Adapter):
             if self._claimed:
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                     await self._release()
+
+    async def flush(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until the queue is published: used at a clean stop so
+        the last messages (a tracker's final delta) reach the other nodes."""
+        if not self._connected or not (self._queue or self._publishing):
+            return
+        self._flushed = trio.Event()
+        try:
+            with trio.move_on_after(timeout):
+                await self._flushed.wait()
+        finally:
+            self._flushed = None
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -490,13 +504,18 @@ class RedisAdapter(Adapter):
                                       self.node_name, items)
             else:
                 data = build_envelope(self.node_name, self.incarnation, MODE_ONLY, target, items)
+            self._publishing = True
             try:
                 await client.publish(channel, data)
             except BaseException:
                 self._drop(len(items), "the redis connection failed while publishing them")
                 raise
+            finally:
+                self._publishing = False
             self.publish_calls += 1
             self.published += len(items)
+            if not queue and self._flushed is not None:
+                self._flushed.set()
 
     async def _touch(self, client: coredis.Redis[bytes]) -> tuple[int, str, float]:
         """Refresh or create our liveness key: (status, holder incarnation, holder TTL in s)."""

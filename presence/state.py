@@ -20,7 +20,8 @@ Design choices beyond Phoenix (see ``reference/phoenix-tracker.md``):
 * A transfer is answered with a generation only when merging it brings the requester's clock up
   to ours on every shared replica; otherwise the full state is sent.
 * A generation that a new delta does not touch contiguously drops the offending replicas and
-  restarts their window from that delta, so generations never get stuck after a gap.
+  restarts their window from that delta, so generations never get stuck after a gap. Each
+  generation stays within its cap unless a single delta alone is bigger.
 
 Nothing here does I/O; payloads convert to msgpack-able builtins with ``to_wire``/``from_wire``.
 """
@@ -249,7 +250,16 @@ class Snapshot:
 
 
 def payload_from_wire(obj: Any) -> Delta | Snapshot:
-    """Parse either payload kind from its wire form; raises ``WireError``."""
+    """Parse either payload kind from its wire form; raises ``WireError``.
+
+    Both forms are maps with ``"v"`` (``WIRE_VERSION``), ``"kind"`` (``"delta"`` or
+    ``"state"``) and ``"replicas"``, a table ``[[node, vsn], ...]`` that the other fields index
+    as ``ri``. Entries travel grouped by topic as ``"values": [[topic, [[ri, counter, owner,
+    key, meta], ...]], ...]``. A delta adds ``"start"``/``"end"``: ``[[ri, counter], ...]`` and
+    ``"removed"``: ``[[ri, counter, topic, owner, key], ...]``. A state adds ``"from"``: ri,
+    ``"context"``: ``[[ri, counter], ...]`` and ``"clouds"``: ``[[ri, counter, topic, owner,
+    key], ...]``.
+    """
     kind = obj.get("kind") if isinstance(obj, dict) else None
     if kind == "delta":
         return Delta.from_wire(obj)
@@ -798,19 +808,29 @@ class State:
         return out if out else None
 
     def _push_generation(self, delta: Delta) -> None:
-        # Sliding windows: each level absorbs the delta; a level that outgrows its cap is
-        # replaced by the level below merged with the delta (Phoenix's DeltaGeneration.push).
-        prev, prev_free = delta.copy(), True
+        # Sliding windows as in Phoenix's DeltaGeneration.push: every level absorbs the delta;
+        # a level that outgrows its cap restarts from the level below merged with the delta,
+        # or, when even that is too big, from what the level below now holds. Unlike Phoenix
+        # this keeps each level within its cap unless a single delta alone exceeds it.
+        # "free" marks objects no level holds, which may be stored without a copy.
+        below_merged, below_merged_free = delta.copy(), True
+        below_kept, below_kept_free = below_merged, True
         for i, cap in enumerate(self._caps):
             gen = self._gens[i]
             for r in _gaps(gen, delta):
                 _strip(gen, r)
             _merge_into(gen, delta)
             if len(gen) <= cap:
-                prev, prev_free = gen, False
+                below_merged, below_merged_free = gen, False
+                below_kept, below_kept_free = gen, False
+                continue
+            if len(below_merged) <= cap:
+                pick, free = below_merged, below_merged_free
             else:
-                self._gens[i] = prev if prev_free else prev.copy()
-                prev, prev_free = gen, True
+                pick, free = below_kept, below_kept_free
+            self._gens[i] = pick if free else pick.copy()
+            below_merged, below_merged_free = gen, True
+            below_kept, below_kept_free = self._gens[i], False
 
 
 # --------------------------------------------------------------------------- delta helpers
