@@ -1,4 +1,5 @@
-"""Two people chat through the example app in headless Chromium (tests/browser/chat.mjs).
+"""Two people chat through the example app in headless Chromium (tests/browser/chat.mjs), and
+the "who is online" sidebar (phoenix.js Presence) follows who comes and goes.
 
 Needs Node, ``npm ci`` (phoenix, playwright-core) and Debian's Chromium at /usr/bin/chromium;
 ``./scripts/test`` installs Chromium. A missing piece fails the test rather than skipping it.
@@ -65,3 +66,27 @@ def test_two_browsers_chat(tmp_path: Path) -> None:
     assert result["carol"][-1] == {
         "system": "Could not join #lobby: a display name is required"}
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The sidebar: names in order, one entry per name with its tab count, "me" marked; on a
+    # single node no node names are shown.
+    online = result["online"]
+
+    def people(*entries: tuple[str, int, bool]) -> list[dict[str, object]]:
+        return [{"name": n, "tabs": t, "me": me, "nodes": None} for n, t, me in entries]
+
+    def sidebar(count: int, *entries: tuple[str, int, bool]) -> dict[str, object]:
+        return {"title": f"Online in #lobby ({count})", "people": people(*entries),
+                "state": "live"}
+
+    assert online["alice_alone"] == sidebar(1, ("Alice", 1, True))
+    # Bob appears in Alice's list, and Bob sees both
+    assert online["alice_with_bob"] == sidebar(2, ("Alice", 1, True), ("Bob", 1, False))
+    assert online["bob_with_alice"] == sidebar(2, ("Alice", 1, False), ("Bob", 1, True))
+    # a second tab of Alice: still two people, Alice with two tabs; closing it leaves one
+    assert online["bob_sees_two_alice_tabs"] == sidebar(2, ("Alice", 2, False), ("Bob", 1, True))
+    assert online["bob_after_tab_closed"] == sidebar(2, ("Alice", 1, False), ("Bob", 1, True))
+    # a refused join is in nobody's list and sees none
+    assert online["carol"] == {"title": "Online", "people": [], "state": "none"}
+    assert online["alice_after_carol"] == sidebar(2, ("Alice", 1, True), ("Bob", 1, False))
+    # Bob closed his page: he leaves Alice's list
+    assert online["alice_after_bob_left"] == sidebar(1, ("Alice", 1, True))

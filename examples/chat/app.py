@@ -12,8 +12,19 @@ The protocol, as the page uses it:
 * push ``new_msg`` ``{"body": "..."}``: the reply is ``ok`` ``{"id": ...}`` or ``error``
   ``{"reason": "..."}``, and everyone in the room (sender included) receives ``new_msg``
   ``{"id", "user", "body", "at"}`` (``at``: milliseconds since the Unix epoch, UTC).
+* presence: once joined, the client gets ``presence_state`` and then ``presence_diff``
+  updates (the phoenix.js ``Presence`` format), keyed by display name. Each tab (channel) of
+  a name is one meta ``{"online_at": <ms>, "node": <node name>, "phx_ref": ...}``, so a name
+  open in two tabs is one key with two metas. A presence leaves when its channel ends.
 
-History lives in this process's memory, so it is per node and lost on restart.
+Cluster mode (``./scripts/chat-cluster``, or ``trio-channels serve ... --redis-url URL
+--node-name NAME``; see docs/cluster.md): messages and presence cross nodes through Redis.
+
+History lives in this process's memory, so it is per node and lost on restart. Every node
+records every message it receives, its own and other nodes' (through the internal
+:data:`HISTORY_TOPIC` broadcast), so the nodes' histories agree for messages sent while they
+were all up and connected to Redis; a node started later, or cut off from Redis for a while,
+lacks what it did not receive (cross-node delivery is at most once).
 """
 
 from __future__ import annotations
@@ -26,7 +37,8 @@ from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any
 
-from channels import Channel, Endpoint, JoinError, Reply, Socket
+from channels import CallbackSubscriber, Channel, Endpoint, JoinError, Reply, Socket
+from presence import Presence
 
 HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
@@ -35,6 +47,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PHOENIX_JS = Path("node_modules/phoenix/priv/static/phoenix.mjs")
 
 ROOM_PREFIX = "room:"
+#: Internal topic (no client can join it): every node's history recorder listens on it.
+HISTORY_TOPIC = "chat:history"
 ROOM_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 MAX_NAME_LENGTH = 32
 MAX_BODY_LENGTH = 2000
@@ -70,6 +84,15 @@ class RoomHistory:
 
 #: The process-wide store every :class:`RoomChannel` shares.
 history = RoomHistory()
+
+
+def record_history(topic: str, event: str, payload: Any) -> None:
+    """Keep a message broadcast on :data:`HISTORY_TOPIC`, by this node or another one."""
+    if event != "record" or not isinstance(payload, dict):
+        return
+    room, message = payload.get("topic"), payload.get("message")
+    if isinstance(room, str) and room.startswith(ROOM_PREFIX) and isinstance(message, dict):
+        history.add(room, message)
 
 
 def _has_control_chars(text: str) -> bool:
@@ -122,7 +145,18 @@ class RoomChannel(Channel):
         # broadcast: join() does not await, so no message can slip between this snapshot
         # and the subscription (none is missed, none arrives twice).
         await self.push("history", {"messages": history.recent(topic)})
+        # Tracked from the channel's own task, first thing after the join: the presence then
+        # lives exactly as long as the channel (it is untracked when the channel ends).
+        self.send("after_join")
         return {"user": user, "room": room}
+
+    async def handle_info(self, message: Any) -> None:
+        if message == "after_join":
+            presence = presence_of(self)
+            await presence.track(self, self.assigns["user"], {
+                "online_at": int(time.time() * 1000),
+                "node": presence.tracker.node_name,
+            })
 
     async def handle_in(self, event: str, payload: Any) -> Reply | None:
         if event != "new_msg":
@@ -136,7 +170,10 @@ class RoomChannel(Channel):
             "body": body,
             "at": int(time.time() * 1000),
         }
-        history.add(self.topic, message)
+        # Recorded, then delivered, on every node (neither call waits, so nobody joins in
+        # between): a joining client finds the message either in history or live.
+        await self.socket.endpoint.broadcast(HISTORY_TOPIC, "record",
+                                             {"topic": self.topic, "message": message})
         await self.broadcast("new_msg", message)
         return Reply.ok({"id": message["id"]})
 
@@ -162,11 +199,27 @@ def phoenix_js(root: Path = REPO_ROOT) -> Path:
     return path
 
 
+def presence_of(channel: Channel) -> Presence:
+    """The :class:`Presence` of the channel's endpoint."""
+    presence = channel.socket.endpoint.presence
+    if presence is None:
+        raise RuntimeError("the chat channel needs an endpoint with presence (make_endpoint)")
+    return presence
+
+
 def make_endpoint(root: Path = REPO_ROOT) -> Endpoint:
-    return Endpoint(
-        {"/socket": UserSocket},
-        static={"/": STATIC_DIR, "/js/phoenix.mjs": phoenix_js(root)},
-    )
+    """The chat endpoint with its own :class:`Presence`.
+
+    Single node by default (the LocalAdapter); ``trio-channels serve --redis-url`` gives it a
+    RedisAdapter before it starts, and presence replicates through that.
+    """
+    static = {"/": STATIC_DIR, "/js/phoenix.mjs": phoenix_js(root)}
+    # permdown_on_shutdown: a node stopping cleanly tells the others to drop its presences at
+    # once; a crashed one is dropped after down_period (30 s with the default periods).
+    presence = Presence(permdown_on_shutdown=True)
+    endpoint = Endpoint({"/socket": UserSocket}, presence=presence, static=static)
+    endpoint.subscribe(HISTORY_TOPIC, CallbackSubscriber(record_history))
+    return endpoint
 
 
 endpoint = make_endpoint()

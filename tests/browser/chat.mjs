@@ -1,105 +1,63 @@
-// Two people chat through the example app in headless Chromium (Debian's, never a download).
+// Two people chat through the example app in headless Chromium (Debian's, never a download),
+// and the "who is online" sidebar follows them: a second person, a second tab of a name, and
+// pages that close.
 //
 // Usage: node tests/browser/chat.mjs BASE_URL SCREENSHOT_PATH
 //
 // Prints one JSON line ({"ok": true, ...} or {"ok": false, "error": ...}) and exits 0 on
 // success, 1 on failure, 3 if the watchdog fired. Every wait is bounded.
-import {chromium} from "playwright-core";
+import {
+  join, launch, listOf, onlineOf, openPage, say, startRun, waitForMessage, waitForOnline,
+} from "./chat_page.mjs";
 
 const [baseURL, screenshotPath] = process.argv.slice(2);
-const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
-const WATCHDOG_MS = 30_000;
-const STEP_MS = 8_000;
-
-const result = {ok: false, step: "start", problems: []};
-
-function finish(code) {
-  process.stdout.write(JSON.stringify(result) + "\n");
-  process.exit(code);  // playwright kills the browser it launched on exit
-}
-
-setTimeout(() => {
-  result.error = `watchdog: no result within ${WATCHDOG_MS} ms (last step: ${result.step})`;
-  finish(3);
-}, WATCHDOG_MS).unref();
+const {result, finish, step} = startRun(30_000);
+result.online = {};
 
 if (!baseURL || !screenshotPath) {
   result.error = "usage: node tests/browser/chat.mjs BASE_URL SCREENSHOT_PATH";
   finish(1);
 }
 
-const step = (name) => { result.step = name; };
-
-async function openPage(browser, label) {
-  const context = await browser.newContext({viewport: {width: 900, height: 620}});
-  const page = await context.newPage();
-  page.setDefaultTimeout(STEP_MS);
-  page.on("console", (msg) => {
-    if (msg.type() === "error" || msg.type() === "warning") {
-      result.problems.push(`${label} console ${msg.type()}: ${msg.text()}`);
-    }
-  });
-  page.on("pageerror", (err) => result.problems.push(`${label} page error: ${err.message}`));
-  page.on("requestfailed", (req) => {
-    result.problems.push(`${label} request failed: ${req.url()} ${req.failure()?.errorText}`);
-  });
-  page.on("response", (resp) => {
-    if (resp.status() >= 400) result.problems.push(`${label} HTTP ${resp.status()}: ${resp.url()}`);
-  });
-  await page.goto(baseURL);
-  await page.waitForSelector('body[data-connection="online"]');
-  return page;
-}
-
-async function join(page, name) {
-  await page.fill("#name", name);
-  const room = await page.inputValue("#room");
-  if (room !== "lobby") throw new Error(`the room field defaults to ${JSON.stringify(room)}, not "lobby"`);
-  await page.click("#join");
-  await page.waitForSelector('body[data-channel="joined"]');
-}
-
-// Resolves when page's message list shows `body` from `user`.
-async function waitForMessage(page, user, body) {
-  await page.waitForFunction(([u, b]) => [...document.querySelectorAll("#messages li.msg")]
-    .some((li) => li.querySelector(".user")?.textContent === u &&
-                  li.querySelector(".body")?.textContent === b), [user, body]);
-}
-
-const listOf = (page) => page.$$eval("#messages li", (lis) => lis.map((li) => (
-  li.classList.contains("msg")
-    ? {user: li.querySelector(".user").textContent, body: li.querySelector(".body").textContent}
-    : {system: li.textContent})));
+const open = (browser, label) => openPage(browser, baseURL, label, result.problems);
+// A sidebar entry on a single node: no node names are shown.
+const person = (name, tabs, me) => ({name, tabs, me, nodes: null});
 
 let browser;
 try {
   step("launch");
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-    timeout: STEP_MS,
-  });
+  browser = await launch();
 
   step("alice joins");
-  const alice = await openPage(browser, "alice");
+  const alice = await open(browser, "alice");
+  const before = await onlineOf(alice);
+  if (before.title !== "Online" || before.people.length || before.state !== "none") {
+    throw new Error(`before joining, the online list is ${JSON.stringify(before)}`);
+  }
   await join(alice, "Alice");
+  result.online.alice_alone = await waitForOnline(alice, "Online in #lobby (1)",
+    [person("Alice", 1, true)]);
 
   step("alice speaks before bob arrives");
-  await alice.locator("#message").pressSequentially("Is anyone here?");
-  await alice.press("#message", "Enter");
+  await say(alice, "Is anyone here?");
   await waitForMessage(alice, "Alice", "Is anyone here?");
 
   step("bob joins and gets the history");
-  const bob = await openPage(browser, "bob");
+  const bob = await open(browser, "bob");
   await join(bob, "Bob");
   await waitForMessage(bob, "Alice", "Is anyone here?");
   await bob.waitForFunction(() => [...document.querySelectorAll("#messages li.system")]
     .some((li) => li.textContent === "Joined #lobby as Bob."));
 
+  step("each sees the other online");
+  result.online.alice_with_bob = await waitForOnline(alice, "Online in #lobby (2)",
+    [person("Alice", 1, true), person("Bob", 1, false)]);
+  result.online.bob_with_alice = await waitForOnline(bob, "Online in #lobby (2)",
+    [person("Alice", 1, false), person("Bob", 1, true)]);
+
   step("alice types, presses Enter; both see it");
   const hello = "Hello Bob! <b>not bold</b> & <img src=x onerror=alert(1)>";
-  await alice.locator("#message").pressSequentially(hello);
-  await alice.press("#message", "Enter");
+  await say(alice, hello);
   await waitForMessage(bob, "Alice", hello);
   await waitForMessage(alice, "Alice", hello);
   if (await alice.inputValue("#message") !== "") throw new Error("the input was not cleared");
@@ -107,13 +65,27 @@ try {
   if (injected) throw new Error("message text was rendered as HTML");
 
   step("bob answers");
-  await bob.locator("#message").pressSequentially("Hi Alice 👋");
-  await bob.press("#message", "Enter");
+  await say(bob, "Hi Alice 👋");
   await waitForMessage(alice, "Bob", "Hi Alice 👋");
   await waitForMessage(bob, "Bob", "Hi Alice 👋");
 
+  step("a second tab of Alice shows once, with a tab count");
+  const alice2 = await open(browser, "alice2");
+  await join(alice2, "Alice");
+  result.online.bob_sees_two_alice_tabs = await waitForOnline(bob, "Online in #lobby (2)",
+    [person("Alice", 2, false), person("Bob", 1, true)]);
+  await waitForOnline(alice2, "Online in #lobby (2)",
+    [person("Alice", 2, true), person("Bob", 1, false)]);
+  const badge = await bob.textContent("#online li.person:first-child .tabs");
+  if (badge !== "×2") throw new Error(`the tab count reads ${JSON.stringify(badge)}, not "×2"`);
+
+  step("closing that tab leaves one Alice");
+  await alice2.context().close();
+  result.online.bob_after_tab_closed = await waitForOnline(bob, "Online in #lobby (2)",
+    [person("Alice", 1, false), person("Bob", 1, true)]);
+
   step("a blank name is refused with a reason");
-  const carol = await openPage(browser, "carol");
+  const carol = await open(browser, "carol");
   await carol.fill("#name", "   ");
   await carol.click("#join");
   await carol.waitForFunction(() => [...document.querySelectorAll("#messages li.system.error")]
@@ -122,12 +94,23 @@ try {
     throw new Error("a refused join left the page in a joined state");
   }
 
+  step("a refused join is not online");
+  result.online.carol = await onlineOf(carol);
+  result.online.alice_after_carol = await waitForOnline(alice, "Online in #lobby (2)",
+    [person("Alice", 1, true), person("Bob", 1, false)]);
+
   step("screenshot");
   await bob.screenshot({path: screenshotPath});
 
   result.alice = await listOf(alice);
   result.bob = await listOf(bob);
   result.carol = await listOf(carol);
+
+  step("bob closes his page and leaves alice's list");
+  await bob.context().close();
+  result.online.alice_after_bob_left = await waitForOnline(alice, "Online in #lobby (1)",
+    [person("Alice", 1, true)]);
+
   if (result.problems.length) throw new Error("the pages reported problems");
   step("done");
   result.ok = true;

@@ -1,6 +1,7 @@
-// The chat page: one phoenix.js Socket, one channel for the room you are in.
+// The chat page: one phoenix.js Socket, one channel for the room you are in, and a phoenix.js
+// Presence on that channel for the "who is online" sidebar.
 // All user-provided text is rendered with textContent, never as HTML.
-import {Socket} from "/js/phoenix.mjs";
+import {Presence, Socket} from "/js/phoenix.mjs";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -14,6 +15,10 @@ const ui = {
   sendForm: $("send-form"),
   message: $("message"),
   send: $("send"),
+  sidebar: document.querySelector(".sidebar"),
+  onlineTitle: $("online-title"),
+  online: $("online"),
+  onlineEmpty: $("online-empty"),
 };
 
 const NAME_KEY = "trio-channels-chat:name";
@@ -25,6 +30,7 @@ const socket = new Socket("/socket");   // resolves against location.host
 let channel = null;                     // the phoenix Channel of the current room
 let pending = null;                     // a join in progress (to another room or name)
 let current = null;                     // {user, room} of the current channel
+let presence = null;                    // the phoenix.js Presence of the current channel
 let seen = new Set();                   // ids of the messages shown for the current room
 let everConnected = false;
 let connectionLost = false;
@@ -76,6 +82,69 @@ function addMessage(msg) {
   append(li);
 }
 
+// -- who is online ------------------------------------------------------------------------
+
+// The server tracks one presence per tab (channel) under the display name, so a name open in
+// several tabs is one entry whose `metas` has one element per tab (each with its node).
+function renderOnline() {
+  if (!presence || !current) return;
+  if (presence.inPendingSyncState()) {  // joined; the server's list is on its way
+    ui.onlineTitle.textContent = `Online in #${current.room}`;
+    ui.online.replaceChildren();
+    ui.onlineEmpty.hidden = true;
+    ui.sidebar.dataset.state = "stale";
+    return;
+  }
+  const people = presence.list((name, {metas}) => ({name, metas}))
+    .sort((a, b) => a.name.localeCompare(b.name) || (a.name < b.name ? -1 : 1));
+  const allNodes = new Set(people.flatMap(({metas}) => metas.map((m) => String(m.node))));
+  ui.onlineTitle.textContent = `Online in #${current.room} (${people.length})`;
+  ui.online.replaceChildren(...people.map(({name, metas}) => {
+    const li = document.createElement("li");
+    li.className = "person";
+    li.dataset.tabs = String(metas.length);
+    const nameEl = document.createElement("span");
+    nameEl.className = "name";
+    nameEl.textContent = name;
+    li.append(nameEl);
+    if (metas.length > 1) {
+      const tabs = document.createElement("span");
+      tabs.className = "tabs";
+      tabs.textContent = `×${metas.length}`;
+      tabs.title = `${metas.length} tabs`;
+      li.append(tabs);
+    }
+    if (name === current.user) {
+      li.classList.add("me");
+      const you = document.createElement("span");
+      you.className = "you";
+      you.textContent = "you";
+      li.append(you);
+    }
+    const nodes = [...new Set(metas.map((m) => String(m.node)))].sort();
+    const since = Math.min(...metas.map((m) => Number(m.online_at)).filter(Number.isFinite));
+    li.title = (Number.isFinite(since) ? `online since ${timeFormat.format(new Date(since))}, ` : "") +
+      `on node ${nodes.join(", ")}`;
+    if (allNodes.size > 1) {  // in a cluster, say which node(s) each person is connected to
+      const where = document.createElement("span");
+      where.className = "nodes";
+      where.textContent = nodes.join(", ");
+      li.append(where);
+    }
+    return li;
+  }));
+  ui.onlineEmpty.hidden = true;
+  ui.sidebar.dataset.state = document.body.dataset.channel === "joined" ? "live" : "stale";
+}
+
+function clearOnline() {
+  presence = null;
+  ui.onlineTitle.textContent = "Online";
+  ui.online.replaceChildren();
+  ui.onlineEmpty.hidden = false;
+  ui.sidebar.dataset.state = "none";
+}
+
 function setConnection(state, label) {
   document.body.dataset.connection = state;
   ui.status.dataset.state = state;
@@ -89,6 +158,10 @@ function setChannelState(state) {
   ui.send.disabled = !joined;
   ui.message.placeholder = joined ? `Message #${current.room}` :
     state === "joining" ? "Joining…" : "Join a room to chat";
+  // While (re)joining, the list may be out of date: the server sends it again after the join.
+  if (ui.sidebar.dataset.state !== "none") {
+    ui.sidebar.dataset.state = joined && presence && !presence.inPendingSyncState() ? "live" : "stale";
+  }
 }
 
 // -- the socket ---------------------------------------------------------------------------
@@ -120,6 +193,8 @@ function joinRoom(user, room) {
   if (pending) pending.leave();
   const topic = `room:${room}`;
   const ch = socket.channel(topic, {user});
+  // Created before join() so that it sees the presence_state that follows the join reply.
+  const chPresence = new Presence(ch);
   pending = ch;
   let joinedBefore = false;
   const active = () => ch === channel;
@@ -136,6 +211,9 @@ function joinRoom(user, room) {
   });
   ch.on("new_msg", (msg) => {
     if (active()) addMessage(msg);
+  });
+  chPresence.onSync(() => {
+    if (active()) renderOnline();
   });
   // A dropped connection errors the channel; phoenix.js rejoins it when the socket is back.
   ch.onError(() => {
@@ -157,12 +235,14 @@ function joinRoom(user, room) {
       if (channel) channel.leave();
       channel = ch;
       current = {user, room};
+      presence = chPresence;
       seen = new Set();
       ui.messages.replaceChildren();
       ui.roomTitle.textContent = `#${room}`;
       document.title = `#${room} · trio-channels chat`;
       system(`Joined #${room} as ${user}.`, "ok");
       setChannelState("joined");
+      renderOnline();
       try { localStorage.setItem(NAME_KEY, user); } catch { /* storage may be disabled */ }
       history.replaceState(null, "", `#${room}`);
       if (document.activeElement === document.body || document.activeElement === ui.join) {
@@ -183,6 +263,7 @@ function joinRoom(user, room) {
         channel = null;
         current = null;
         ui.roomTitle.textContent = "Not in a room";
+        clearOnline();
       }
       setChannelState(channel ? "joined" : "none");
     })
