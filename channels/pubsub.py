@@ -72,7 +72,7 @@ class Adapter(abc.ABC):
     async def direct(self, node: str, topic: str, event: str, payload: Any) -> None:
         """Deliver a message to the subscribers of ``topic`` on ``node`` only."""
 
-    async def flush(self, timeout: float) -> None:  # noqa: B027 - optional hook
+    async def flush(self, timeout: float) -> None:
         """Wait (at most ``timeout`` seconds) until queued messages left this node.
 
         The default has no queue to wait for.
