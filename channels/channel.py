@@ -194,7 +194,12 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
         if event in self.intercept:
             self.send((_OUT, event, payload))
             return
-        self.session.deliver_broadcast(topic, event, payload, cache)
+        session = self.session
+        frame = cache.get(session.serializer)
+        if frame:  # the common case, inlined: the frame this broadcast already built
+            session.conn.write_nowait(frame)
+        elif frame is None:
+            session.deliver_broadcast(topic, event, payload, cache)
 
     # -- messages ----------------------------------------------------------------------------
 
