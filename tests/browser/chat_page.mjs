@@ -1,0 +1,114 @@
+// Helpers shared by the chat browser scripts (chat.mjs, chat_cluster.mjs): a script run with a
+// watchdog that prints one JSON result line, Debian's Chromium, and the chat page as data.
+// Every wait is bounded.
+import {chromium} from "playwright-core";
+
+export const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
+export const STEP_MS = 8_000;
+
+// One run of a script: `result` is printed as the last stdout line, whatever happens.
+// Exit codes: 0 success, 1 failure, 3 watchdog.
+export function startRun(watchdogMs) {
+  const result = {ok: false, step: "start", problems: []};
+  const finish = (code) => {
+    process.stdout.write(JSON.stringify(result) + "\n");
+    process.exit(code);  // playwright kills the browser it launched on exit
+  };
+  setTimeout(() => {
+    result.error = `watchdog: no result within ${watchdogMs} ms (last step: ${result.step})`;
+    finish(3);
+  }, watchdogMs).unref();
+  const step = (name) => { result.step = name; };
+  return {result, finish, step};
+}
+
+export function launch() {
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+    timeout: STEP_MS,
+  });
+}
+
+// A page in a context of its own (its own storage and WebSocket, like another browser), with
+// console errors and warnings, page errors, failed requests and HTTP errors recorded as problems.
+export async function openPage(browser, url, label, problems) {
+  const context = await browser.newContext({viewport: {width: 900, height: 620}});
+  const page = await context.newPage();
+  page.setDefaultTimeout(STEP_MS);
+  page.on("console", (msg) => {
+    if (msg.type() === "error" || msg.type() === "warning") {
+      problems.push(`${label} console ${msg.type()}: ${msg.text()}`);
+    }
+  });
+  page.on("pageerror", (err) => problems.push(`${label} page error: ${err.message}`));
+  page.on("requestfailed", (req) => {
+    problems.push(`${label} request failed: ${req.url()} ${req.failure()?.errorText}`);
+  });
+  page.on("response", (resp) => {
+    if (resp.status() >= 400) problems.push(`${label} HTTP ${resp.status()}: ${resp.url()}`);
+  });
+  await page.goto(url);
+  await page.waitForSelector('body[data-connection="online"]');
+  return page;
+}
+
+// Join the room in the form (it defaults to "lobby") under `name`.
+export async function join(page, name) {
+  await page.fill("#name", name);
+  const room = await page.inputValue("#room");
+  if (room !== "lobby") throw new Error(`the room field defaults to ${JSON.stringify(room)}, not "lobby"`);
+  await page.click("#join");
+  await page.waitForSelector('body[data-channel="joined"]');
+}
+
+// Type `body` in the message field and press Enter.
+export async function say(page, body) {
+  await page.locator("#message").pressSequentially(body);
+  await page.press("#message", "Enter");
+}
+
+// Resolves when page's message list shows `body` from `user`.
+export async function waitForMessage(page, user, body, timeout = STEP_MS) {
+  await page.waitForFunction(([u, b]) => [...document.querySelectorAll("#messages li.msg")]
+    .some((li) => li.querySelector(".user")?.textContent === u &&
+                  li.querySelector(".body")?.textContent === b), [user, body], {timeout});
+}
+
+// The message list: {user, body} for messages, {system} for notices.
+export const listOf = (page) => page.$$eval("#messages li", (lis) => lis.map((li) => (
+  li.classList.contains("msg")
+    ? {user: li.querySelector(".user").textContent, body: li.querySelector(".body").textContent}
+    : {system: li.textContent})));
+
+// Runs in the page: the "who is online" sidebar as data. `nodes` is the visible node list of a
+// person (shown only when the room's presences span several nodes), else null.
+function readOnline() {
+  return {
+    title: document.getElementById("online-title").textContent,
+    people: [...document.querySelectorAll("#online li.person")].map((li) => ({
+      name: li.querySelector(".name").textContent,
+      tabs: Number(li.dataset.tabs),
+      me: li.classList.contains("me"),
+      nodes: li.querySelector(".nodes")?.textContent ?? null,
+    })),
+    state: document.querySelector(".sidebar").dataset.state,
+  };
+}
+
+export const onlineOf = (page) => page.evaluate(readOnline);
+
+// Resolves with the sidebar once it is up to date and shows exactly `title` and `people`
+// ([{name, tabs, me, nodes}] in display order).
+export async function waitForOnline(page, title, people, timeout = STEP_MS) {
+  const want = JSON.stringify({title, people, state: "live"});
+  try {
+    // An expression string, so the page can run readOnline (a function cannot be passed in).
+    await page.waitForFunction(`JSON.stringify((${readOnline})()) === ${JSON.stringify(want)}`,
+                               undefined, {timeout});
+  } catch (err) {
+    throw new Error(`the online list is ${JSON.stringify(await onlineOf(page))}, not ${want} ` +
+                    `(${err.message.split("\n")[0]})`);
+  }
+  return onlineOf(page);
+}
