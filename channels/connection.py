@@ -36,7 +36,8 @@ class Connection:
         "_pending",
         "_pending_bytes",
         "closed",
-        "last_seen",
+        "active",
+        "silent_since",
         "max_buffer",
         "on_overflow",
         "overflowed",
@@ -56,7 +57,10 @@ class Connection:
         self.max_buffer = max_buffer
         self.closed = False
         self.overflowed = False
-        self.last_seen = trio.current_time()
+        # Set on every read; the heartbeat monitor clears it and keeps the time (a bool store
+        # per read costs less than a clock call).
+        self.active = True
+        self.silent_since = 0.0
         self.on_overflow: Callable[[], None] | None = None
         self._nursery: trio.Nursery | None = None
         # Allocated on first backlog: most connections never have one (and idle memory counts).
@@ -182,7 +186,7 @@ class Connection:
                 continue
             except OSError:
                 return b""
-            self.last_seen = trio.current_time()
+            self.active = True
             return data
         return b""
 

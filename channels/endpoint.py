@@ -247,8 +247,9 @@ class Endpoint:
     async def _heartbeat_monitor(self) -> None:
         """Close connections silent for longer than their socket's ``idle_timeout``.
 
-        One task per endpoint; each scan costs O(connections), and scans happen four times
-        per (shortest) timeout, so a silent client is dropped within 1.25 timeouts.
+        One task per endpoint. A read only sets ``conn.active``; each scan clears it and notes
+        the time, so a scan costs O(connections) and a message O(1). Scans run four times per
+        (shortest) timeout: a silent client is dropped between 1 and 1.5 timeouts.
         """
         timeouts = [cls.idle_timeout for cls in self.sockets.values()] or [60.0]
         interval = max(min(timeouts) / 4, 0.005)
@@ -256,9 +257,13 @@ class Endpoint:
             await trio.sleep(interval)
             now = trio.current_time()
             for session in list(self.sessions):
-                if not session.closing and now - session.conn.last_seen > session.idle_timeout:
+                conn = session.conn
+                if conn.active:
+                    conn.active = False
+                    conn.silent_since = now
+                elif not session.closing and now - conn.silent_since > session.idle_timeout:
                     log.info("closing idle connection %s (no message for %.1fs)",
-                             session.conn.peer, now - session.conn.last_seen)
+                             conn.peer, now - conn.silent_since)
                     session.close(CLOSE_PROTOCOL_ERROR, "idle timeout")
 
 

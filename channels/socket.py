@@ -8,6 +8,7 @@ protocol rules of :class:`~channels.protocol.SocketState` and runs one
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -148,7 +149,7 @@ class SocketSession:
         conn.max_buffer = type(socket).max_buffer
         conn.on_overflow = self._on_overflow
         limit = type(socket).rate_limit
-        self._limiter = InboundLimiter(limit[0], limit[1], trio.current_time()) \
+        self._limiter = InboundLimiter(limit[0], limit[1], time.monotonic()) \
             if limit is not None else None
 
     # -- outbound ----------------------------------------------------------------------------
@@ -324,7 +325,7 @@ class SocketSession:
             self.close(code, "malformed message")
             return
         if self._limiter is not None:
-            verdict = self._limiter.check(self.conn.last_seen)
+            verdict = self._limiter.check(time.monotonic())
             if not verdict:
                 if verdict is None:
                     log.warning("closing %s (1008): kept sending past its rate limit",
