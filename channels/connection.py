@@ -35,13 +35,13 @@ class Connection:
         "_nursery",
         "_pending",
         "_pending_bytes",
-        "closed",
         "active",
-        "silent_since",
+        "closed",
         "max_buffer",
         "on_overflow",
         "overflowed",
         "peer",
+        "silent_since",
         "sock",
     )
 
