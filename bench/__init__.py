@@ -1,0 +1,1 @@
+"""Benchmark suite for trio-channels (not tests: run ``bench/run``, see docs/benchmarks.md)."""

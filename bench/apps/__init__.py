@@ -1,0 +1,1 @@
+"""Servers under benchmark; each prints a readiness line and serves until SIGTERM."""

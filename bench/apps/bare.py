@@ -1,0 +1,185 @@
+"""The ceiling: trio-channels' own I/O layer with no channel logic.
+
+Same accept loop, same HTTP/1.1 upgrade (``channels.http`` on h11, freed before the session),
+same :class:`channels.connection.Connection` (synchronous non-blocking sends, flushers in the
+connections nursery), same wsproto frame layer and the same ``ws_frame`` framing as
+:mod:`channels.socket` (keep them in step when the runtime's I/O layer changes), but no JSON
+decoding, no protocol rules, no channel process and no mailbox: a text frame containing
+``"bcast"`` is fanned out (pre-built frame, to every connection, checkpointing every 256 sends
+like ``PubSub.local_broadcast``); a join gets the pre-built join reply; anything else the
+pre-built echo reply.
+
+    python -m bench.apps.bare --port 4001
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket as stdsocket
+
+import h11
+import trio
+from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
+
+from bench.apps.common import BROADCAST, ECHO_REPLY, JOIN_REPLY, ready
+from channels import http
+from channels.connection import Connection
+from channels.frames import ws_frame
+from channels.http import HTTPError, Request
+from channels.pubsub import CHECKPOINT_EVERY
+
+BCAST_FRAME = ws_frame(BROADCAST)
+ECHO_FRAME = ws_frame(ECHO_REPLY)
+JOIN_FRAME = ws_frame(JOIN_REPLY)
+
+
+class BareSession:
+    """One upgraded connection: wsproto's frame layer in, pre-built frames out."""
+
+    __slots__ = ("conn", "endpoint", "frames")
+
+    def __init__(self, endpoint: BareEndpoint, conn: Connection, trailing: bytes) -> None:
+        self.endpoint = endpoint
+        self.conn = conn
+        # As channels.socket.SocketSession: wsproto's FrameProtocol directly.
+        self.frames = FrameProtocol(client=False, extensions=[])
+        self.frames.receive_bytes(trailing)
+
+    async def run(self) -> None:
+        frames, conn, conns = self.frames, self.conn, self.endpoint.conns
+        conns[conn] = None
+        parts: list[str] = []
+        try:
+            while True:
+                try:
+                    for frame in frames.received_frames():
+                        op = frame.opcode
+                        if op is Opcode.TEXT or op is Opcode.BINARY:
+                            data = frame.payload
+                            if not isinstance(data, str):
+                                data = bytes(data).decode("utf-8", "replace")  # type: ignore[arg-type]
+                            # A frame split across reads arrives in pieces.
+                            if not frame.message_finished:
+                                parts.append(data)
+                                continue
+                            if parts:
+                                parts.append(data)
+                                data = "".join(parts)
+                                parts.clear()
+                            if '"bcast"' in data:
+                                await self.endpoint.fanout()
+                            elif "phx_join" in data:
+                                conn.write_nowait(JOIN_FRAME)
+                            else:
+                                conn.write_nowait(ECHO_FRAME)
+                        elif op is Opcode.PING:
+                            conn.write_nowait(bytes(frames.pong(frame.payload)))  # type: ignore[arg-type]
+                        elif op is Opcode.CLOSE:
+                            payload = frame.payload
+                            assert isinstance(payload, tuple)
+                            conn.write_nowait(bytes(frames.close(int(payload[0]))))
+                            return
+                except ParseFailed:
+                    return
+                data = await conn.receive_some()
+                if not data:
+                    return
+                frames.receive_bytes(data)
+        finally:
+            conns.pop(conn, None)
+
+
+class BareEndpoint:
+    """Just enough of :class:`channels.Endpoint` for ``channels.http.serve_http``."""
+
+    def __init__(self) -> None:
+        # Insertion-ordered set of open WebSocket connections, like PubSub's subscriber sets.
+        self.conns: dict[Connection, None] = {}
+        self._connections: trio.Nursery | None = None
+
+    async def handle_http(self, req: Request, conn: Connection,
+                          h: h11.Connection) -> BareSession | None:
+        if req.path != "/socket/websocket":
+            raise HTTPError(404)
+        http.check_handshake(req)
+        offered, _token = http.parse_subprotocols(req)
+        trailing = http.accept_websocket(conn, h, req, "phoenix" if offered else None)
+        return BareSession(self, conn, trailing)
+
+    async def fanout(self) -> None:
+        conns = self.conns
+        if len(conns) <= CHECKPOINT_EVERY:
+            for c in tuple(conns):
+                c.write_nowait(BCAST_FRAME)
+            return
+        for i, c in enumerate(tuple(conns), 1):
+            c.write_nowait(BCAST_FRAME)
+            if i % CHECKPOINT_EVERY == 0:
+                await trio.lowlevel.checkpoint()
+
+    async def _handle_connection(self, sock: stdsocket.socket, peer: tuple[str, int],
+                                 host_port: tuple[str, int]) -> None:
+        # As channels.endpoint.Endpoint._handle_connection: the HTTP parser is dropped before
+        # the WebSocket session runs; flushers run in the connections nursery.
+        conn = Connection(sock, peer)
+        assert self._connections is not None
+        conn.attach(self._connections)
+        try:
+            session = await http.serve_http(self, conn, host_port)  # type: ignore[arg-type]
+            if session is not None:
+                await session.run()  # type: ignore[attr-defined]
+        finally:
+            conn.abort()
+
+    async def serve(self, host: str, port: int) -> None:
+        listener = stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_STREAM)
+        listener.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(4096)
+        listener.setblocking(False)
+        host_port = (host, listener.getsockname()[1])
+        try:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with trio.open_nursery() as nursery:
+                    self._connections = nursery
+                    nursery.start_soon(self._accept_loop, listener, nursery, host_port)
+                    ready("bare", host_port[1])
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+                        break
+        finally:
+            trio.lowlevel.notify_closing(listener)
+            listener.close()
+
+    async def _accept_loop(self, listener: stdsocket.socket, nursery: trio.Nursery,
+                           host_port: tuple[str, int]) -> None:
+        # The same loop as channels.endpoint.Endpoint._accept_loop.
+        while True:
+            await trio.lowlevel.wait_readable(listener)
+            for _ in range(64):
+                try:
+                    sock, peer = listener.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    logging.error("accept failed: %s", exc)
+                    await trio.sleep(0.1)
+                    break
+                sock.setblocking(False)
+                sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
+                nursery.start_soon(self._handle_connection, sock, peer[:2], host_port)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=4001)
+    args = parser.parse_args()
+    logging.basicConfig(level="WARNING")
+    trio.run(BareEndpoint().serve, args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()
