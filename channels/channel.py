@@ -215,6 +215,11 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
         for event, payload in buffered:
             self.session.send_push(self.join_ref, self.topic, event, payload)
 
+    @property
+    def queued(self) -> int:
+        """Messages waiting in the mailbox."""
+        return len(self._mailbox)
+
     def forward(self, msg: Message) -> None:
         self.send((_IN, msg))
 

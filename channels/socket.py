@@ -76,6 +76,9 @@ class Socket:
     #: ``{"reason": "rate_limited"}``, and a client that keeps on is closed with 1008.
     #: ``None`` disables the limit.
     rate_limit: ClassVar[tuple[float, float] | None] = (1000.0, 2000.0)
+    #: Pushes waiting in one channel's mailbox; past it a push is answered
+    #: ``{"reason": "overloaded"}`` instead of queued (a slow handle_in cannot grow memory).
+    max_queued: ClassVar[int] = 1000
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -134,6 +137,7 @@ class SocketSession:
         self.pubsub = endpoint.pubsub
         self.state: SocketState[ChannelProcess] = SocketState(type(socket).max_channels)
         self.max_frame_size = type(socket).max_frame_size
+        self.max_queued = type(socket).max_queued
         self.idle_timeout = type(socket).idle_timeout
         self.closing = False
         self.end_reason = "closed"
@@ -336,7 +340,11 @@ class SocketSession:
                 return
         route = self.state.route(msg)
         if route is Route.FORWARD:
-            self.state.topics[msg.topic].handle.forward(msg)
+            proc = self.state.topics[msg.topic].handle
+            if proc.queued < self.max_queued:
+                proc.forward(msg)
+            elif msg.ref is not None:
+                self.send_reply(msg.join_ref, msg.ref, msg.topic, _OVERLOADED)
         elif route is Route.HEARTBEAT:
             self.send_reply(None, msg.ref, msg.topic, _OK)
         elif route is Route.JOIN:
@@ -413,3 +421,4 @@ class SocketSession:
 
 _OK = Reply.ok()
 _RATE_LIMITED = Reply.error({"reason": "rate_limited"})
+_OVERLOADED = Reply.error({"reason": "overloaded"})

@@ -238,3 +238,28 @@ async def test_slowloris_request_head_times_out(
     async with connect(port) as c:
         await c.send(None, "1", "phoenix", "heartbeat", {})
         assert (await c.recv())[1] == "1"
+
+
+class SmallQueueSocket(UserSocket):
+    max_queued = 5
+
+
+async def test_slow_channel_answers_overloaded_instead_of_queueing(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    endpoint = Endpoint({"/socket": SmallQueueSocket})
+    port = await nursery.start(endpoint.serve, "127.0.0.1", 0)
+    async with connect(port) as c:
+        await c.join("room:slow", "1", "1")
+        await c.recv_until("user_entered")
+        for i in range(20):  # each takes 1 s to handle: at most 5 may wait
+            await c.send("1", str(i), "room:slow", "slow", {})
+        replies = {}
+        while len(replies) < 20:
+            m = await c.recv(timeout=120)
+            if m[3] == "phx_reply":
+                replies[m[1]] = m[4]
+        overloaded = [r for r in replies.values()
+                      if r == {"status": "error", "response": {"reason": "overloaded"}}]
+        assert 10 <= len(overloaded) <= 15
+        assert sum(r["status"] == "ok" for r in replies.values()) == 20 - len(overloaded)

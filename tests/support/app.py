@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import trio
+
 from channels import Channel, Endpoint, JoinError, Refuse, Reply, Socket
 
 #: (topic, reason) of every terminate() call in this process, for assertions.
@@ -73,6 +75,9 @@ class RoomChannel(Channel):
             return Reply.ok(payload + b"\x03\x04")
         if event == "bin_broadcast":
             await self.broadcast("bin", payload)
+            return Reply.ok()
+        if event == "slow":
+            await trio.sleep(1)
             return Reply.ok()
         if event == "assigns":
             return Reply.ok({"user_id": self.assigns.get("user_id"),
