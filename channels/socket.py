@@ -12,7 +12,6 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import trio
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
 from channels import protocol
@@ -147,7 +146,6 @@ class SocketSession:
         self._frames.receive_bytes(trailing)
         self._close_sent = False
         self._sup: DynamicSupervisor | None = None
-        self._read_scope: trio.CancelScope | None = None
         self._id_topic: str | None = None
         self._id_sub = _IdSubscriber(self)
         conn.max_buffer = type(socket).max_buffer
@@ -203,8 +201,7 @@ class SocketSession:
         if not self._close_sent:
             self._close_sent = True
             self.conn.write_nowait(bytes(self._frames.close(code, reason)))
-        if self._read_scope is not None:
-            self._read_scope.relative_deadline = CLOSE_GRACE
+        self._close_after_grace()
         log.debug("closing %s: %d %s", self.conn.peer, code, reason)
 
     def _on_overflow(self) -> None:
@@ -217,8 +214,15 @@ class SocketSession:
             # Behind the queued frames: a client that resumes reading sees it and reconnects.
             self.conn.write_final(bytes(self._frames.close(CLOSE_TRY_AGAIN_LATER,
                                                            "slow consumer")))
-        if self._read_scope is not None:
-            self._read_scope.relative_deadline = CLOSE_GRACE
+        self._close_after_grace()
+
+    def _close_after_grace(self) -> None:
+        # The read loop and the channels share the supervisor's scope (one scope less per
+        # connection): when the grace ends, channels stop with the reason set here.
+        for joined in self.state.topics.values():
+            joined.handle.exit_reason = self.end_reason
+        if self._sup is not None:
+            self._sup.cancel_scope.relative_deadline = CLOSE_GRACE
 
     async def run(self) -> None:
         """Serve the connection until it closes; then stop every channel."""
@@ -231,8 +235,7 @@ class SocketSession:
             async with DynamicSupervisor.open(name="channels") as sup:
                 self._sup = sup
                 try:
-                    with trio.CancelScope() as self._read_scope:
-                        await self._read_loop()
+                    await self._read_loop()
                 finally:
                     self._stop_channels()
                     sup.stop()

@@ -117,6 +117,14 @@ class DynamicSupervisor:
             raise sup._escalation
 
     @property
+    def cancel_scope(self) -> trio.CancelScope:
+        """The scope of the supervisor's nursery (the ``async with`` body and every child):
+        a deadline on it bounds both."""
+        if self._nursery is None:
+            raise RuntimeError(f"dynamic supervisor {self.name!r} is not open")
+        return self._nursery.cancel_scope
+
+    @property
     def children(self) -> list[ChildHandle]:
         """Handles of the children that have not ended for good, in start order."""
         return list(self._children)
