@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import TypeVarTuple
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, TypeVarTuple
 
 import trio
 
@@ -65,6 +65,34 @@ class ChildHandle:
         await self._event.wait()
 
 
+class _Open:
+    """``async with DynamicSupervisor.open() as sup``; a class rather than an
+    ``asynccontextmanager`` because one exists per connection and a generator frame costs more."""
+
+    __slots__ = ("_manager", "sup")
+
+    def __init__(self, sup: DynamicSupervisor) -> None:
+        self.sup = sup
+        self._manager: Any = None
+
+    async def __aenter__(self) -> DynamicSupervisor:
+        self._manager = trio.open_nursery()
+        self.sup._nursery = await self._manager.__aenter__()
+        return self.sup
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> bool:
+        sup = self.sup
+        try:
+            suppress = bool(await self._manager.__aexit__(exc_type, exc, tb))
+        finally:
+            sup._closed = True
+            sup._nursery = None
+        if sup._escalation is not None:
+            raise sup._escalation
+        return suppress
+
+
 class DynamicSupervisor:
     """Supervises children started at runtime with :meth:`start_child`.
 
@@ -100,21 +128,11 @@ class DynamicSupervisor:
         self._escalation: SupervisorEscalation | None = None
 
     @classmethod
-    @asynccontextmanager
-    async def open(
+    def open(
         cls, max_restarts: int = 3, period: float = 5.0, name: str = "dynamic"
-    ) -> AsyncIterator[DynamicSupervisor]:
+    ) -> _Open:
         """Async context manager owning the supervisor's nursery."""
-        sup = cls(max_restarts, period, name)
-        try:
-            async with trio.open_nursery() as nursery:
-                sup._nursery = nursery
-                yield sup
-        finally:
-            sup._closed = True
-            sup._nursery = None
-        if sup._escalation is not None:
-            raise sup._escalation
+        return _Open(cls(max_restarts, period, name))
 
     @property
     def cancel_scope(self) -> trio.CancelScope:
