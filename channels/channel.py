@@ -190,6 +190,15 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
 
     # -- fastlane subscriber ---------------------------------------------------------------
 
+    @property
+    def fastlane(self) -> tuple[Any, Any, Any] | None:
+        """How the pubsub may write broadcasts straight to our connection (None when some
+        events go through handle_out: then :meth:`deliver` decides per event)."""
+        if self.intercept:
+            return None
+        session = self.session
+        return (session.serializer, session.fastlane_frame, session.conn.write_nowait)
+
     def deliver(self, topic: str, event: str, payload: Any, cache: dict[Any, Any]) -> None:
         if event in self.intercept:
             self.send((_OUT, event, payload))

@@ -32,6 +32,16 @@ class Subscriber(Protocol):
         """Take one broadcast. Must not block; ``cache`` is shared by all recipients."""
 
 
+#: What a fastlane subscriber offers: a key shared by subscribers that receive identical bytes
+#: (their serializer), the function that builds those bytes (``b""`` if it cannot), and the
+#: function that writes them to its connection.
+Fastlane = tuple[Any, Callable[[str, str, Any], bytes], Callable[[bytes], None]]
+
+_Member = tuple["Subscriber", Callable[[bytes], None]]
+_Group = tuple[Any, Callable[[str, str, Any], bytes], list[_Member]]
+_Plan = tuple[list[_Group], list["Subscriber"]]
+
+
 class CallbackSubscriber:
     """Adapts a plain callable ``fn(topic, event, payload)`` to :class:`Subscriber`."""
 
@@ -42,6 +52,22 @@ class CallbackSubscriber:
 
     def deliver(self, topic: str, event: str, payload: Any, cache: FrameCache) -> None:
         self.fn(topic, event, payload)
+
+
+def _make_plan(subs: dict[Subscriber, None]) -> _Plan:
+    groups: dict[Any, _Group] = {}
+    slow: list[Subscriber] = []
+    for sub in subs:
+        fastlane: Fastlane | None = getattr(sub, "fastlane", None)
+        if fastlane is None:
+            slow.append(sub)
+            continue
+        key, encode, write = fastlane
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = (key, encode, [])
+        group[2].append((sub, write))
+    return list(groups.values()), slow
 
 
 def _log_failed(sub: Subscriber, topic: str, event: str) -> None:
@@ -103,8 +129,10 @@ class PubSub:
 
     def __init__(self, adapter: Adapter | None = None) -> None:
         self.adapter: Adapter = adapter if adapter is not None else LocalAdapter()
-        # Insertion-ordered sets: delivery order is subscription order.
         self._topics: dict[str, dict[Subscriber, None]] = {}
+        # Per topic, subscribers grouped by fastlane key (rebuilt after (un)subscribes), so a
+        # broadcast builds one frame per group and then only writes: no per-recipient calls.
+        self._plans: dict[str, _Plan] = {}
 
     @property
     def node_name(self) -> str:
@@ -115,6 +143,7 @@ class PubSub:
         if subs is None:
             subs = self._topics[topic] = {}
         subs[subscriber] = None
+        self._plans.pop(topic, None)
 
     def unsubscribe(self, topic: str, subscriber: Subscriber) -> None:
         subs = self._topics.get(topic)
@@ -122,6 +151,7 @@ class PubSub:
             subs.pop(subscriber, None)
             if not subs:
                 del self._topics[topic]
+            self._plans.pop(topic, None)
 
     def subscriber_count(self, topic: str) -> int:
         return len(self._topics.get(topic, ()))
@@ -137,19 +167,30 @@ class PubSub:
         self, topic: str, event: str, payload: Any, *, exclude: Subscriber | None = None
     ) -> None:
         """Deliver to the subscribers of ``topic`` on this node only."""
-        subs = self._topics.get(topic)
-        if not subs:
-            return
+        plan = self._plans.get(topic)
+        if plan is None:
+            subs = self._topics.get(topic)
+            if not subs:
+                return
+            plan = self._plans[topic] = _make_plan(subs)
+        groups, slow = plan
         cache: FrameCache = {}
-        if len(subs) <= CHECKPOINT_EVERY:
-            for sub in tuple(subs):
-                if sub is not exclude:
-                    try:
-                        sub.deliver(topic, event, payload, cache)
-                    except Exception:
-                        _log_failed(sub, topic, event)
-            return
-        for i, sub in enumerate(tuple(subs), 1):
+        for key, encode, members in groups:
+            frame = encode(topic, event, payload)
+            cache[key] = frame
+            if not frame:
+                continue
+            if len(members) <= CHECKPOINT_EVERY:
+                for sub, write in members:
+                    if sub is not exclude:
+                        write(frame)
+                continue
+            for start in range(0, len(members), CHECKPOINT_EVERY):
+                for sub, write in members[start:start + CHECKPOINT_EVERY]:
+                    if sub is not exclude:
+                        write(frame)
+                await trio.lowlevel.checkpoint()
+        for i, sub in enumerate(slow, 1):
             if sub is not exclude:
                 try:
                     sub.deliver(topic, event, payload, cache)

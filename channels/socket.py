@@ -173,20 +173,24 @@ class SocketSession:
         self._write(self.serializer.encode(join_ref, join_ref, topic, "phx_error",
                                            protocol.CHANNEL_CRASH))
 
+    def fastlane_frame(self, topic: str, event: str, payload: Any) -> bytes:
+        """The broadcast as one WebSocket frame for this serializer (``b""`` if impossible)."""
+        ser = self.serializer
+        try:
+            is_binary, data = ser.encode_broadcast(topic, event, payload)
+        except EncodeError as exc:
+            log.warning("broadcast %r on %s cannot be sent with vsn %s: %s",
+                        event, topic, ser.vsn, exc)
+            return b""
+        return ws_frame(data, is_binary)
+
     def deliver_broadcast(self, topic: str, event: str, payload: Any,
                           cache: dict[Any, Any]) -> None:
         """Fastlane: the broadcast is encoded and framed once per serializer."""
         ser = self.serializer
         frame = cache.get(ser)
         if frame is None:
-            try:
-                is_binary, data = ser.encode_broadcast(topic, event, payload)
-                frame = ws_frame(data, is_binary)
-            except EncodeError as exc:
-                log.warning("broadcast %r on %s cannot be sent with vsn %s: %s",
-                            event, topic, ser.vsn, exc)
-                frame = b""
-            cache[ser] = frame
+            frame = cache[ser] = self.fastlane_frame(topic, event, payload)
         if frame:
             self.conn.write_nowait(frame)
 
