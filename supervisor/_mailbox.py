@@ -22,12 +22,14 @@ class Mailbox(Generic[T]):
     the remaining items and then raises ``MailboxClosed``.
     """
 
-    __slots__ = ("_closed", "_items", "_lot")
+    __slots__ = ("_closed", "_items", "_waiters")
 
     def __init__(self) -> None:
         # None while empty: an idle mailbox holds no deque (thousands of idle actors add up).
         self._items: deque[T] | None = None
-        self._lot = trio.lowlevel.ParkingLot()
+        # Parked getters in arrival order; a plain list, not a ParkingLot, since one idle
+        # mailbox per joined channel adds up (None while nobody waits).
+        self._waiters: list[trio.lowlevel.Task] | None = None
         self._closed = False
 
     def __len__(self) -> int:
@@ -46,8 +48,12 @@ class Mailbox(Generic[T]):
         if items is None:
             items = self._items = deque()
         items.append(item)
-        if self._lot:
-            self._lot.unpark()
+        waiters = self._waiters
+        if waiters:
+            task = waiters.pop(0)
+            if not waiters:
+                self._waiters = None
+            trio.lowlevel.reschedule(task)
 
     def get_nowait(self) -> T:
         """Pop the oldest item; ``trio.WouldBlock`` if empty, ``MailboxClosed`` if drained."""
@@ -75,7 +81,7 @@ class Mailbox(Generic[T]):
         while True:
             if self._closed:
                 raise MailboxClosed("mailbox is closed")
-            await self._lot.park()
+            await self._park()
             # Another getter may have taken the item between our wake-up and now.
             items = self._items
             if items:
@@ -84,7 +90,26 @@ class Mailbox(Generic[T]):
                     self._items = None
                 return item
 
+    async def _park(self) -> None:
+        task = trio.lowlevel.current_task()
+        if self._waiters is None:
+            self._waiters = [task]
+        else:
+            self._waiters.append(task)
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            waiters = self._waiters
+            if waiters is not None and task in waiters:
+                waiters.remove(task)
+                if not waiters:
+                    self._waiters = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
     def close(self) -> None:
         """Refuse further puts and wake parked getters (idempotent)."""
         self._closed = True
-        self._lot.unpark_all()
+        waiters, self._waiters = self._waiters, None
+        for task in waiters or ():
+            trio.lowlevel.reschedule(task)
