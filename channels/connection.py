@@ -190,13 +190,6 @@ class Connection:
             return data
         return b""
 
-    def shutdown_write(self) -> None:
-        """Half-close: tell the peer we will send nothing more."""
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
     def abort(self) -> None:
         """Close the socket now; any task waiting on it wakes with ClosedResourceError."""
         if self.closed:

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import struct
 
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-OP_CLOSE = 0x8
-
 _SHORT = struct.Struct("!BBH")
 _LONG = struct.Struct("!BBQ")
 
@@ -37,9 +33,3 @@ def ws_frame(data: bytes, binary: bool = False) -> bytes:
     if n < 65536:
         return _SHORT.pack(first, 126, n) + data
     return _LONG.pack(first, 127, n) + data
-
-
-def close_frame(code: int, reason: str = "") -> bytes:
-    """A close frame carrying ``code`` and a reason truncated to fit the 125-byte limit."""
-    body = struct.pack("!H", code) + reason.encode("utf-8")[:123]
-    return bytes((0x80 | OP_CLOSE, len(body))) + body
