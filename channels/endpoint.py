@@ -7,11 +7,12 @@ batches with 1012 (the JS client reconnects) before the node stops.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket as stdsocket
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import h11
 import trio
@@ -20,15 +21,19 @@ from channels import http
 from channels.connection import Connection
 from channels.frames import CLOSE_PROTOCOL_ERROR, CLOSE_SERVICE_RESTART
 from channels.http import HTTPError, Request
+from channels.lifecycle import Hook, Lifespan, Service, run_hooks
 from channels.limits import TokenBucket
 from channels.pubsub import PubSub, Subscriber
 from channels.serializer import serializer_for_vsn
 from channels.socket import Refuse, Socket, SocketSession
 
 if TYPE_CHECKING:
+    from channels.rooms import Rooms
     from presence import Presence
 
 log = logging.getLogger("channels.endpoint")
+
+H = TypeVar("H", bound=Hook)
 
 
 class Endpoint:
@@ -36,7 +41,12 @@ class Endpoint:
 
     ``sockets`` maps mount paths to :class:`Socket` subclasses (``"/socket"`` serves
     ``/socket/websocket``); ``static`` maps URL paths to files, or URL prefixes ending in
-    ``/`` to directories.
+    ``/`` to directories. ``rooms`` hosts :class:`~channels.rooms.Room` actors;
+    ``lifespan(endpoint)`` is an async context manager around the node's life (open clients
+    there); see also :meth:`on_startup`, :meth:`on_shutdown` and :meth:`service`.
+
+    Shutdown order: stop accepting, drain clients, hand rooms off, stop presence, stop
+    services, shutdown hooks, leave the lifespan, flush and close the pubsub adapter.
     """
 
     def __init__(
@@ -51,12 +61,21 @@ class Endpoint:
         drain_timeout: float = 30.0,
         max_connections: int | None = None,
         connection_rate: tuple[float, float] | None = None,
+        rooms: Rooms | None = None,
+        lifespan: Lifespan | None = None,
     ) -> None:
         self.sockets = {mount.rstrip("/"): cls for mount, cls in sockets.items()}
         self.pubsub = pubsub if pubsub is not None else PubSub()
         self.presence = presence
         if presence is not None:
             presence.attach(self.pubsub)
+        self.rooms = rooms
+        if rooms is not None:
+            rooms.attach(self)
+        self.lifespan = lifespan
+        self.services: list[Service] = []
+        self._startup: list[Hook] = []
+        self._shutdown: list[Hook] = []
         self.static = {k: Path(v) for k, v in (static or {}).items()}
         self.drain_batch_size = drain_batch_size
         self.drain_batch_interval = drain_batch_interval
@@ -87,6 +106,26 @@ class Endpoint:
         """Send ``event`` to the subscribers of ``topic`` on this node only."""
         await self.pubsub.local_broadcast(topic, event, payload)
 
+    def on_startup(self, hook: H) -> H:
+        """Run ``hook(endpoint)`` (sync or async) before serving; usable as a decorator.
+        An exception stops the node from starting."""
+        self._startup.append(hook)
+        return hook
+
+    def on_shutdown(self, hook: H) -> H:
+        """Run ``hook(endpoint)`` after clients, rooms and services stopped; errors are logged."""
+        self._shutdown.append(hook)
+        return hook
+
+    def service(self, fn: Callable[..., Awaitable[object]], *args: object, name: str = "",
+                max_restarts: int = 5, period: float = 60.0) -> Service:
+        """Run ``fn(*args)`` in the background for the node's life, restarted when it crashes
+        (at most ``max_restarts`` times in ``period`` seconds; then it stays down, logged).
+        Usable as a decorator on an argument-less async function."""
+        svc = Service(fn, *args, name=name, max_restarts=max_restarts, period=period)
+        self.services.append(svc)
+        return svc
+
     def subscribe(self, topic: str, subscriber: Subscriber) -> None:
         """Receive the broadcasts of ``topic`` in Python (see :class:`CallbackSubscriber`)."""
         self.pubsub.subscribe(topic, subscriber)
@@ -105,21 +144,23 @@ class Endpoint:
         listener = _listen(host, port)
         bound = listener.getsockname()[1]
         try:
-            # Nested so that shutdown is ordered: connections, then presence, then pubsub.
+            # Nested so that shutdown is ordered: connections, rooms (handed off), presence,
+            # user services, shutdown hooks, lifespan, then pubsub.
             async with trio.open_nursery() as pubsub_tasks:
                 await pubsub_tasks.start(self.pubsub.run)
-                async with trio.open_nursery() as services:
-                    if self.presence is not None:
-                        await services.start(self.presence.run)
-                    services.start_soon(self._heartbeat_monitor)
-                    async with trio.open_nursery() as connections:
-                        self._connections = connections
-                        with trio.CancelScope() as self._cancel:
-                            log.info("listening on http://%s:%d", host, bound)
-                            task_status.started(bound)
-                            await self._accept_loop(listener, connections, (host, bound))
-                        # Accepting stopped (drain): wait for the connections to finish.
-                    services.cancel_scope.cancel()
+                lifespan = self.lifespan(self) if self.lifespan is not None else \
+                    contextlib.nullcontext()
+                async with lifespan:
+                    await run_hooks(self._startup, self, "startup")
+                    try:
+                        async with trio.open_nursery() as user_services:
+                            for svc in self.services:
+                                user_services.start_soon(svc.run, name=f"service {svc.name}")
+                            await self._serve_node(listener, host, bound, task_status)
+                            user_services.cancel_scope.cancel()
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            await run_hooks(self._shutdown, self, "shutdown")
                 # The tracker's last messages (leaves of drained clients) leave before Redis.
                 with trio.move_on_after(2.0, shield=True):
                     await self.pubsub.adapter.flush(2.0)
@@ -127,6 +168,28 @@ class Endpoint:
         finally:
             trio.lowlevel.notify_closing(listener)
             listener.close()
+
+    async def _serve_node(self, listener: stdsocket.socket, host: str, bound: int,
+                          task_status: trio.TaskStatus[int]) -> None:
+        async with trio.open_nursery() as services:
+            if self.presence is not None:
+                await services.start(self.presence.run)
+            services.start_soon(self._heartbeat_monitor)
+            async with trio.open_nursery() as room_tasks:
+                if self.rooms is not None:
+                    await room_tasks.start(self.rooms.run)
+                async with trio.open_nursery() as connections:
+                    self._connections = connections
+                    with trio.CancelScope() as self._cancel:
+                        log.info("listening on http://%s:%d", host, bound)
+                        task_status.started(bound)
+                        await self._accept_loop(listener, connections, (host, bound))
+                    # Accepting stopped (drain): wait for the connections to finish.
+                if self.rooms is not None:
+                    with trio.CancelScope(shield=True):
+                        await self.rooms.shutdown(min(self.drain_timeout, 8.0))
+                room_tasks.cancel_scope.cancel()
+            services.cancel_scope.cancel()
 
     async def drain(self) -> None:
         """Stop accepting, then close every client with 1012 in batches and wait for them."""

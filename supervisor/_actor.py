@@ -151,6 +151,13 @@ class Actor(Generic[T]):
             raise pending.error
         return pending.result
 
+    def cancel_timers(self) -> None:
+        """Cancel every pending :meth:`send_after` timer (e.g. before a restart)."""
+        for _, _, ref in self._timers:
+            ref._pending = False
+        self._timers.clear()
+        self._cancelled_timers = 0
+
     def stop(self) -> None:
         """Finish the current message, then make :meth:`run` return.
 
@@ -236,10 +243,7 @@ class Actor(Generic[T]):
             self._cancelled_timers = 0
 
     def _discard_pending(self) -> None:
-        for _, _, ref in self._timers:
-            ref._pending = False
-        self._timers.clear()
-        self._cancelled_timers = 0
+        self.cancel_timers()
         mailbox = self._mailbox
         while mailbox:
             item = mailbox.get_nowait()
