@@ -30,7 +30,7 @@ def main() -> None:
         nodes = [ServerProcess("bench.apps.channels_app:endpoint",
                                args=["--redis-url", redis.url, "--node-name", name,
                                      "--log-level", "WARNING"]) for name in ("bench-a", "bench-b")]
-        for i, node in enumerate(nodes):
+        for node in nodes:
             node.start()
         try:
             for subs in args.subscribers:
