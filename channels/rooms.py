@@ -337,6 +337,10 @@ class _Activation(Actor[tuple[Any, ...]]):
     # -- from other tasks ----------------------------------------------------------------------
 
     async def call_at(self, message: Any, deadline: float) -> Any:
+        return await self.wait_call(self.enqueue_call(message), deadline)
+
+    def enqueue_call(self, message: Any) -> _PendingCall:
+        """Queue a call now (so calls keep their arrival order); wait with :meth:`wait_call`."""
         if self.state == "gave_up":
             raise RoomGaveUp(f"room {self.name} gave up after repeated crashes; retry later")
         if self.state == "stopping":
@@ -347,6 +351,11 @@ class _Activation(Actor[tuple[Any, ...]]):
         except MailboxClosed:
             raise _Moved from None
         self.last_used = trio.current_time()
+        return pending
+
+    async def wait_call(self, pending: _PendingCall, deadline: float) -> Any:
+        if self.state == "starting":
+            await self.ready.wait()
         with trio.move_on_at(deadline):
             await pending.event.wait()
         if not pending.event.is_set():
@@ -1055,37 +1064,55 @@ class Rooms:
                 remote.reply = list(payload[1:])
                 remote.event.set()
         elif event == "call":
-            self._nursery.start_soon(self._serve_call, *payload)
+            call_id, reply_to, name, key, message, timeout = payload
+            act = self._active.get(name)
+            pending: _PendingCall | BaseException | None = None
+            if act is not None:
+                # Queued here, in arrival order: a task per call could reorder them.
+                try:
+                    pending = act.enqueue_call(message)
+                except (_Moved, RoomError) as exc:
+                    pending = exc
+            self._nursery.start_soon(self._serve_call, call_id, reply_to, name, act, pending,
+                                     float(timeout))
         elif event == "cast":
-            self._nursery.start_soon(self._serve_cast, *payload)
+            name, key, message, hops = payload
+            act = self._active.get(name)
+            if act is not None:
+                try:
+                    act.cast(message)
+                    return
+                except _Moved:
+                    pass
+            self._nursery.start_soon(self._serve_cast, name, key, message, hops)
 
     def _class_of(self, name: str) -> type[Room] | None:
         return self._classes.get(name.split(":", 1)[0])
 
-    async def _serve_call(self, call_id: int, reply_to: str, name: str, key: str, message: Any,
+    async def _serve_call(self, call_id: int, reply_to: str, name: str,
+                          act: _Activation | None, pending: _PendingCall | BaseException | None,
                           timeout: float) -> None:
-        act = self._active.get(name)
         reply: list[Any]
-        if act is None or self._class_of(name) is None:
-            reply = ["moved"] if self._class_of(name) is not None else \
-                ["error", "UnknownRoom", f"room class of {name!r} is not registered on node "
-                 f"{self.node_name}"]
-        else:
-            if act.state == "starting":
-                await act.ready.wait()
-            try:
-                result = await act.call_at(message, trio.current_time() + float(timeout))
-                _pack(result)
-                reply = ["ok", result]
-            except _Moved:
-                reply = ["moved"]
-            except NotSerializable as exc:
-                log.error("room %s: the reply to a call from node %s is not msgpack-able (%s)",
-                          name, reply_to, exc)
-                reply = ["error", "NotSerializable",
-                         f"room {name}: the reply cannot cross nodes: {exc}"]
-            except RoomError as exc:
-                reply = ["error", type(exc).__name__, str(exc)]
+        try:
+            if self._class_of(name) is None:
+                raise UnknownRoom(f"room class of {name!r} is not registered on node "
+                                  f"{self.node_name}")
+            if act is None or pending is None:
+                raise _Moved
+            if isinstance(pending, BaseException):
+                raise pending
+            result = await act.wait_call(pending, trio.current_time() + timeout)
+            _pack(result)
+            reply = ["ok", result]
+        except _Moved:
+            reply = ["moved"]
+        except NotSerializable as exc:
+            log.error("room %s: the reply to a call from node %s is not msgpack-able (%s)",
+                      name, reply_to, exc)
+            reply = ["error", "NotSerializable",
+                     f"room {name}: the reply cannot cross nodes: {exc}"]
+        except RoomError as exc:
+            reply = ["error", type(exc).__name__, str(exc)]
         await self._adapter.direct(reply_to, ROOMS_TOPIC, "reply", [call_id, *reply])
 
     async def _serve_cast(self, name: str, key: str, message: Any, hops: int) -> None:

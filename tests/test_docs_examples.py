@@ -38,3 +38,27 @@ async def test_quickstart(nursery: trio.Nursery) -> None:
         assert (await ada.recv_until("new_msg"))[4] == {"user": "ada", "body": "hi"}
         assert (await ada.recv_until("new_msg"))[4] == {"user": "bob", "body": "yo"}
     # bob's channel terminated when his connection closed; nothing else to observe here
+
+
+async def test_poll_rooms_example() -> None:
+    from docs.examples.poll import endpoint, resources
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(endpoint.serve, "127.0.0.1", 0)
+        assert resources == {"started": True}
+        async with connect(port, query="user=ada") as ada, \
+                connect(port, query="user=bob") as bob:
+            assert (await ada.join("poll:lunch", "1", "1"))[4] == {
+                "status": "ok", "response": {"tally": {}}}
+            await bob.join("poll:lunch", "1", "1")
+            await ada.send("1", "2", "poll:lunch", "vote", {"choice": "pizza"})
+            assert (await ada.recv_until("phx_reply"))[4] == {
+                "status": "ok", "response": {"tally": {"pizza": 1}}}
+            await bob.send("1", "2", "poll:lunch", "vote", {"choice": "soup"})
+            # The room broadcast its tally before it replied to ada (recv_until skipped it).
+            assert (await ada.recv_until("tally"))[4] == {"pizza": 1, "soup": 1}
+            assert (await bob.recv_until("tally"))[4] == {"pizza": 1}
+            await ada.send("1", "3", "poll:lunch", "vote", {"nope": 1})
+            assert (await ada.recv_until("phx_reply"))[4]["status"] == "error"
+        await endpoint.drain()  # serve() then stops in order and returns
+    assert resources == {}
