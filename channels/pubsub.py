@@ -12,9 +12,12 @@ import abc
 import logging
 import secrets
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
+
+if TYPE_CHECKING:
+    from channels.stats import Histogram
 
 log = logging.getLogger("channels.pubsub")
 
@@ -68,6 +71,10 @@ def _make_plan(subs: dict[Subscriber, None]) -> _Plan:
             group = groups[key] = (key, encode, [])
         group[2].append((sub, write))
     return list(groups.values()), slow
+
+
+_NO_KEY = object()  # no subscriber is excluded
+_SLOW = object()  # the excluded subscriber has no fastlane
 
 
 def _log_failed(sub: Subscriber, topic: str, event: str) -> None:
@@ -133,6 +140,15 @@ class PubSub:
         # Per topic, subscribers grouped by fastlane key (rebuilt after (un)subscribes), so a
         # broadcast builds one frame per group and then only writes: no per-recipient calls.
         self._plans: dict[str, _Plan] = {}
+        # Plain ints read by the metrics at scrape time (a few adds per broadcast, none per
+        # recipient): local deliveries, fastlane frames written and their bytes.
+        self.broadcasts = 0
+        self.fastlane_frames = 0
+        self.fastlane_bytes = 0
+        #: Recipients per broadcast (the endpoint sets it while metrics are on).
+        self.fanout: Histogram | None = None
+        #: ``fn(topic, event, recipients)`` after each local delivery (telemetry), or None.
+        self.on_broadcast: Callable[[str, str, int], None] | None = None
 
     @property
     def node_name(self) -> str:
@@ -171,15 +187,28 @@ class PubSub:
         if plan is None:
             subs = self._topics.get(topic)
             if not subs:
+                self.broadcasts += 1
+                if self.fanout is not None or self.on_broadcast is not None:
+                    self._observe(topic, event, 0)
                 return
             plan = self._plans[topic] = _make_plan(subs)
         groups, slow = plan
         cache: FrameCache = {}
+        # The excluded subscriber (broadcast_from) is in the group of its fastlane key, or
+        # among the slow ones: counted out of that one.
+        ex_key: Any = _NO_KEY
+        if exclude is not None:
+            ex_fastlane = getattr(exclude, "fastlane", None)
+            ex_key = ex_fastlane[0] if ex_fastlane is not None else _SLOW
+        frames = 0
         for key, encode, members in groups:
             frame = encode(topic, event, payload)
             cache[key] = frame
             if not frame:
                 continue
+            n = len(members) - (key is ex_key)
+            frames += n
+            self.fastlane_bytes += n * len(frame)
             if len(members) <= CHECKPOINT_EVERY:
                 for sub, write in members:
                     if sub is not exclude:
@@ -198,6 +227,16 @@ class PubSub:
                     _log_failed(sub, topic, event)
             if i % CHECKPOINT_EVERY == 0:
                 await trio.lowlevel.checkpoint()
+        self.broadcasts += 1
+        self.fastlane_frames += frames
+        if self.fanout is not None or self.on_broadcast is not None:
+            self._observe(topic, event, frames + len(slow) - (ex_key is _SLOW))
+
+    def _observe(self, topic: str, event: str, recipients: int) -> None:
+        if self.fanout is not None:
+            self.fanout.observe(recipients)
+        if self.on_broadcast is not None:
+            self.on_broadcast(topic, event, recipients)
 
     async def direct_broadcast(self, node: str, topic: str, event: str, payload: Any) -> None:
         """Deliver to the subscribers of ``topic`` on ``node`` (this node included)."""
