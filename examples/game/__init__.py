@@ -1,0 +1,1 @@
+"""The example multiplayer game: ``trio-channels serve examples.game.app:endpoint``."""
