@@ -52,10 +52,14 @@ class Server:
 
 def server_spec(name: str, port: int) -> Server:
     host = ["--host", "127.0.0.1", "--port", str(port)]
-    if name == "channels":
-        return Server(name, "trio-channels", "phoenix",
+    if name in ("channels", "channels-metrics"):
+        # channels-metrics (not in the default list): the same server with the Prometheus
+        # metrics on (handle_in timed, fan-out histogram), to measure what they cost.
+        metrics = ["--metrics-port", "0"] if name == "channels-metrics" else []
+        return Server(name, "trio-channels" + (" (metrics on)" if metrics else ""), "phoenix",
                       [str(MAIN_PY), "-m", "channels.cli", "serve",
-                       "bench.apps.channels_app:endpoint", *host, "--log-level", "WARNING"])
+                       "bench.apps.channels_app:endpoint", *host, "--log-level", "WARNING",
+                       *metrics])
     if name == "bare":
         return Server(name, "bare (same I/O layer)", "phoenix",
                       [str(MAIN_PY), "-m", "bench.apps.bare", *host])
@@ -65,7 +69,8 @@ def server_spec(name: str, port: int) -> Server:
     if name == "socketio":
         return Server(name, "python-socketio+uvicorn", "socketio",
                       [str(BENCH_PY), "-m", "bench.apps.socketio_app", *host])
-    raise SystemExit(f"unknown server {name!r} (choose from {', '.join(SERVERS)})")
+    raise SystemExit(f"unknown server {name!r} (choose from {', '.join(SERVERS)}, "
+                     f"channels-metrics)")
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import logging
 import secrets
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -229,8 +230,13 @@ class PubSub:
                 await trio.lowlevel.checkpoint()
         self.broadcasts += 1
         self.fastlane_frames += frames
-        if self.fanout is not None or self.on_broadcast is not None:
-            self._observe(topic, event, frames + len(slow) - (ex_key is _SLOW))
+        fanout = self.fanout
+        if fanout is not None:  # inlined Histogram.observe: this runs once per broadcast
+            recipients = frames + len(slow) - (ex_key is _SLOW)
+            fanout.counts[bisect_left(fanout.bounds, recipients)] += 1
+            fanout.sum += recipients
+        if self.on_broadcast is not None:
+            self.on_broadcast(topic, event, frames + len(slow) - (ex_key is _SLOW))
 
     def _observe(self, topic: str, event: str, recipients: int) -> None:
         if self.fanout is not None:
