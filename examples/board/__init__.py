@@ -1,0 +1,1 @@
+"""The example kanban board: ``trio-channels serve examples.board.app:endpoint``."""
