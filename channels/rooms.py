@@ -629,9 +629,10 @@ class _RoomsSubscriber:
 
 
 class _Remote:
-    __slots__ = ("event", "reply")
+    __slots__ = ("event", "node", "reply")
 
-    def __init__(self) -> None:
+    def __init__(self, node: str) -> None:
+        self.node = node
         self.event = trio.Event()
         self.reply: list[Any] | None = None
 
@@ -675,6 +676,9 @@ class Rooms:
         self._owner_cache: dict[str, str] = {}
         self._interest: dict[str, tuple[type[Room], str, float]] = {}
         self._max_seen: dict[str, int] = {}
+        # Owner ids (node/incarnation) of nodes whose rooms stopped: never routed to again.
+        self._stopped_owners: dict[str, None] = {}
+        self._relinked_at = -math.inf  # when the cluster link last came back after a loss
         self._pending: dict[int, _Remote] = {}
         self._ids = itertools.count(1)
         self._inbox: deque[tuple[str, Any]] = deque()
@@ -821,6 +825,9 @@ class Rooms:
         self._owner_id = f"{adapter.node_name}/{adapter.incarnation or 'x'}"
         subscriber = _RoomsSubscriber(self)
         self._pubsub.subscribe(ROOMS_TOPIC, subscriber)
+        hooks: list[Callable[[], object]] | None = getattr(adapter, "on_reconnect", None)
+        if hooks is not None:
+            hooks.append(self._relinked)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -834,6 +841,8 @@ class Rooms:
             self._nursery = None
             self._running = False
             self._pubsub.unsubscribe(ROOMS_TOPIC, subscriber)
+            if hooks is not None and self._relinked in hooks:
+                hooks.remove(self._relinked)
             for remote in self._pending.values():
                 remote.event.set()
 
@@ -865,6 +874,11 @@ class Rooms:
                 await self._all_ended.wait()
         if self._active:
             log.warning("%d room(s) did not stop within %gs", len(self._active), timeout)
+        elif self._shared:
+            # Nodes that routed calls here must not wait for this node's lapsed subscription:
+            # they drop it as an owner and retry their calls in flight (no room runs here any
+            # more, so a retried call cannot run twice).
+            await self._adapter.publish(ROOMS_TOPIC, "stopped", [self._owner_id])
 
     # -- placement -------------------------------------------------------------------------------
 
@@ -904,10 +918,27 @@ class Rooms:
                 del self._starting[name]
                 event.set()
 
+    def _relinked(self) -> None:
+        self._relinked_at = trio.current_time()
+
+    def _settling(self) -> bool:
+        """True while a lease missing from the store may only mean that Redis restarted
+        empty: the cluster link is down, or came back less than ``lease - margin`` ago (a
+        live owner re-grants its lease within that time, or its watchdog stops the room)."""
+        if not self._shared:
+            return False
+        if getattr(self._adapter, "connected", True) is False:
+            return True
+        return trio.current_time() - self._relinked_at < self.lease - self.margin
+
     async def _place(self, cls: type[Room], key: str, name: str) -> None:
         """Acquire the lease and activate here, or learn the owner (one attempt)."""
         t0 = trio.current_time()
         try:
+            if self._settling() and (await self.store.owners([name]))[0] is None:
+                # Do not take a room whose live owner is about to re-grant its lease.
+                await trio.sleep(0.05)
+                return
             got = await self.store.acquire(name, self._owner_id, self.lease)
         except Exception as exc:
             self._warn(("place", type(exc)), logging.WARNING,
@@ -925,9 +956,10 @@ class Rooms:
             # Ours, but ending or released a moment ago: look again shortly.
             await trio.sleep(0.01)
             return
-        if node == self.node_name:
-            # Our node name under an earlier incarnation: that process is gone (names are
-            # unique among live nodes), so wait for its lease rather than call a ghost.
+        if node == self.node_name or holder in self._stopped_owners:
+            # Our node name under an earlier incarnation, or a node whose rooms stopped: that
+            # process is gone or going (names are unique among live nodes), so wait for its
+            # lease rather than call a ghost.
             await trio.sleep(min(0.1, self.lease / 10))
             return
         self._owner_cache[name] = node
@@ -988,7 +1020,7 @@ class Rooms:
                                   f"cross nodes: {exc}") from None
         self._check_link(name)
         call_id = next(self._ids)
-        remote = self._pending[call_id] = _Remote()
+        remote = self._pending[call_id] = _Remote(node)
         self.remote_calls += 1
         try:
             timeout = max(0.0, deadline - trio.current_time())
@@ -1063,6 +1095,8 @@ class Rooms:
             if remote is not None:
                 remote.reply = list(payload[1:])
                 remote.event.set()
+        elif event == "stopped":
+            self._owner_stopped(str(payload[0]))
         elif event == "call":
             call_id, reply_to, name, key, message, timeout = payload
             act = self._active.get(name)
@@ -1085,6 +1119,20 @@ class Rooms:
                 except _Moved:
                     pass
             self._nursery.start_soon(self._serve_cast, name, key, message, hops)
+
+    def _owner_stopped(self, owner_id: str) -> None:
+        """Another node's rooms stopped (it drains): forget it as an owner."""
+        if len(self._stopped_owners) >= 1000:
+            del self._stopped_owners[next(iter(self._stopped_owners))]
+        self._stopped_owners[owner_id] = None
+        node = owner_id.rpartition("/")[0]
+        for name, cached in list(self._owner_cache.items()):
+            if cached == node:
+                del self._owner_cache[name]
+        for remote in self._pending.values():
+            if remote.node == node and not remote.event.is_set():
+                remote.reply = ["moved"]
+                remote.event.set()
 
     def _class_of(self, name: str) -> type[Room] | None:
         return self._classes.get(name.split(":", 1)[0])
@@ -1194,10 +1242,19 @@ class Rooms:
     async def _renewer(self) -> None:
         while True:
             await trio.sleep(self.renew_interval)
-            acts = [act for act in self._active.values() if act.holds_lease]
+            t0 = trio.current_time()
+            acts = []
+            for act in list(self._active.values()):
+                if not act.holds_lease:
+                    continue
+                if t0 >= act.valid_until:
+                    # Past its validity (e.g. this process was stopped): renewing would
+                    # re-grant a lapsed lease, which another node may have held meanwhile.
+                    self._lose(act, "its lease could not be renewed in time")
+                else:
+                    acts.append(act)
             if not acts:
                 continue
-            t0 = trio.current_time()
             try:
                 with trio.fail_after(self.lease - self.margin):
                     held = await self.store.renew([act.lease for act in acts], self.lease)
@@ -1208,10 +1265,25 @@ class Rooms:
                            self.lease - self.margin)
                 continue
             for act, ok in zip(acts, held, strict=True):
+                if ok and (act.state == "stopping" or not act.holds_lease):
+                    # It stops while the renewal was under way, which may re-grant the lease
+                    # it gives up: release it again once it has ended.
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._release_ended, act)
+                if not act.holds_lease:
+                    continue
                 if ok:
                     act.valid_until = max(act.valid_until, t0 + self.lease - self.margin)
                 else:
                     self._lose(act, "another node took its lease over")
+
+    async def _release_ended(self, act: _Activation) -> None:
+        await act.ended.wait()
+        try:
+            await self.store.release(act.lease)
+        except Exception as exc:
+            log.info("could not release room %s (%s); its lease lapses in %gs", act.name,
+                     exc, self.lease)
 
     async def _watchdog(self) -> None:
         """Stops rooms whose lease may have run out: checked often and independently of
@@ -1227,7 +1299,7 @@ class Rooms:
         """Re-activates, here, rooms this node used recently whose owner vanished."""
         while True:
             await trio.sleep(self.watch_interval)
-            if self._stopping:
+            if self._stopping or self._settling():
                 continue
             now = trio.current_time()
             names: list[str] = []
