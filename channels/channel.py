@@ -7,11 +7,17 @@ a time in the channel's own trio task, fed by a mailbox, so channel state needs 
 from __future__ import annotations
 
 import logging
+import time
+from bisect import bisect_left
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import trio
 
+from channels import logging as chlog
+from channels.logutil import Throttled
+from channels.stats import LATENCY_BUCKETS, Histogram
+from channels.telemetry import HANDLE_IN_EXCEPTION, HANDLE_IN_STOP
 from supervisor import Actor, ChildHandle, MailboxClosed, TimerRef
 
 if TYPE_CHECKING:
@@ -21,6 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("channels.channel")
 
 TERMINATE_TIMEOUT = 5.0
+
+_clock = time.perf_counter
 
 
 class Reply:
@@ -127,7 +135,10 @@ class Channel:
 
     async def reply(self, ref: ReplyRef, reply: Reply) -> None:
         """Reply later to the push that ``ref`` names."""
-        self._process.session.send_reply(ref.join_ref, ref.ref, ref.topic, reply)
+        session = self._process.session
+        replies = session.counters.replies
+        replies[reply.status] = replies.get(reply.status, 0) + 1
+        session.send_reply(ref.join_ref, ref.ref, ref.topic, reply)
 
     def send(self, message: Any) -> None:
         """Deliver ``message`` to :meth:`handle_info` (from any task)."""
@@ -150,9 +161,30 @@ class Channel:
 
 _IN, _INFO, _OUT, _LEAVE = range(4)
 
+# Refusals of late pushes: one line per channel class every 5 s, with the count held back.
+_late_log = Throttled(log, 5.0)
+
+_INVALID_REPLY = Reply.error({"reason": "invalid reply"})
+
+
+def _invalid_reply(channel: Channel, callback: str, event: str, result: object) -> None:
+    log.error("%s.%s(%r) returned %s; expected a Reply (Reply.ok(...) / Reply.error(...)) or "
+              "None: the client gets {\"reason\": \"invalid reply\"}",
+              type(channel).__name__, callback, event, _describe(result))
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
 
 class ChannelProcess(Actor[tuple[Any, ...]]):
     """Runs one :class:`Channel`: its mailbox, its fastlane subscription, its end."""
+
+    # Class defaults: an idle channel carries no instance attribute for them.
+    #: Pushes forwarded to this channel and not yet taken from its mailbox.
+    unhandled = 0
+    _ended = False
 
     def __init__(
         self, session: SocketSession, channel: Channel, topic: str, join_ref: str | None
@@ -229,8 +261,36 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
         """Messages waiting in the mailbox."""
         return len(self._mailbox)
 
-    def forward(self, msg: Message) -> None:
-        self.send((_IN, msg))
+    def forward(self, msg: Message, since: float | None = None) -> None:
+        """Queue a client push; the session counts it until it leaves the mailbox. A push
+        that has to wait is stamped (one clock read), so one that waits too long is refused;
+        ``since``: it already waited from then (in the kernel, while reading was paused)."""
+        if self._ended:
+            return  # a channel that has ended drops messages
+        stamp = since
+        if stamp is None and (self._mailbox or
+                              not (self._idle_unscoped or self._wait_scope is not None)):
+            stamp = trio.current_time()  # queued behind others, or the channel is busy
+        try:
+            self._mailbox.put_nowait((_IN, msg, stamp))
+        except MailboxClosed:
+            return
+        self.unhandled += 1
+        self.session.unhandled += 1
+
+    def _too_late(self, m: Message, stamp: float) -> bool:
+        """Refuse (``overloaded``) a push that waited longer than ``max_push_age``."""
+        max_age = type(self.session.socket).max_push_age
+        if max_age is None:
+            return False
+        waited = trio.current_time() - stamp
+        if waited <= max_age:
+            return False
+        _late_log(type(self.channel), logging.WARNING, "%s on %s: a push waited %.1fs for "
+                  "handle_in (max_push_age %gs): answering overloaded",
+                  type(self.channel).__name__, self.topic, waited, max_age)
+        self.session.refuse_late(m)
+        return True
 
     def leave(self, msg: Message) -> None:
         self.send((_LEAVE, msg))
@@ -240,9 +300,22 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
         channel = self.channel
         if kind == _IN:
             m: Message = msg[1]
+            self.unhandled -= 1
+            self.session.pushes_taken()
+            if msg[2] is not None and self._too_late(m, msg[2]):
+                return
             self.current_ref = m.ref
-            result = await channel.handle_in(m.event, m.payload)
+            replies = self.session.counters.replies
+            if self.session.counters.timed or chlog.state.context:
+                result = await self._handle_in_observed(m)
+            else:
+                result = await channel.handle_in(m.event, m.payload)
             if result is not None:
+                if not isinstance(result, Reply):
+                    # The channel lives on: the bug is in one reply, not in its state.
+                    _invalid_reply(channel, "handle_in", m.event, result)
+                    result = _INVALID_REPLY
+                replies[result.status] = replies.get(result.status, 0) + 1
                 self.session.send_reply(self.join_ref, m.ref, self.topic, result)
         elif kind == _INFO:
             await channel.handle_info(msg[1])
@@ -257,6 +330,53 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
             self.session.forget(self)
             self.session.send_close(self.join_ref, self.topic)
             await self._finish(self.stop_reason)
+
+    async def _handle_in_observed(self, m: Message) -> Any:
+        """handle_in, timed for the metrics and telemetry, with the event in the log context."""
+        token = chlog.event_var.set(m.event) if chlog.state.context else None
+        counters = self.session.counters
+        if not counters.timed:
+            result = await self.channel.handle_in(m.event, m.payload)
+        else:
+            start = _clock()
+            try:
+                result = await self.channel.handle_in(m.event, m.payload)
+            except Exception as exc:  # the channel crashes: the event stays in its log line
+                self._observe_in(m.event, _clock() - start, None, exc)
+                raise
+            duration = _clock() - start
+            histograms = counters.handle_in
+            histogram = histograms.get(type(self.channel)) if histograms is not None else None
+            if histogram is not None and not self.session.endpoint.telemetry.active:
+                # The common case, inlined: a bucket and the sum.
+                histogram.counts[bisect_left(histogram.bounds, duration)] += 1
+                histogram.sum += duration
+            else:
+                self._observe_in(m.event, duration, result, None)
+        if token is not None:
+            chlog.event_var.reset(token)
+        return result
+
+    def _observe_in(self, event: str, duration: float, result: Any,
+                    exc: BaseException | None) -> None:
+        session = self.session
+        cls = type(self.channel)
+        histograms = session.counters.handle_in
+        if histograms is not None:
+            histogram = histograms.get(cls)
+            if histogram is None:
+                histogram = histograms[cls] = Histogram(LATENCY_BUCKETS)
+            histogram.observe(duration)
+        telemetry = session.endpoint.telemetry
+        if exc is None:
+            if HANDLE_IN_STOP in telemetry.active:
+                telemetry.execute(HANDLE_IN_STOP, {"duration": duration}, {
+                    "topic": self.topic, "event": event, "channel": cls.__name__,
+                    "status": result.status if isinstance(result, Reply) else None})
+        elif HANDLE_IN_EXCEPTION in telemetry.active:
+            telemetry.execute(HANDLE_IN_EXCEPTION, {"duration": duration}, {
+                "topic": self.topic, "event": event, "channel": cls.__name__,
+                "exception": exc})
 
     async def _finish(self, reason: str) -> None:
         self.exit_reason = reason
@@ -277,6 +397,8 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
 
     async def main(self) -> None:
         """The child task: run the mailbox loop; on cancellation, call terminate."""
+        if chlog.state.context:  # this task's log lines name its topic
+            chlog.topic_var.set(self.topic)
         reason = "crash"
         try:
             await self.run()
@@ -286,6 +408,10 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
             await self._terminate(reason)
             raise
         finally:
+            self._ended = True
+            if self.unhandled:  # the pushes still queued end with the channel
+                self.session.pushes_taken(self.unhandled)
+                self.unhandled = 0
             for hook in self.exit_hooks:
                 try:
                     hook(self.channel, reason)

@@ -8,8 +8,10 @@ batches with 1012 (the JS client reconnects) before the node stops.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import socket as stdsocket
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -18,6 +20,8 @@ import h11
 import trio
 
 from channels import http
+from channels import logging as chlog
+from channels.config import BindError, ConfigError, check_endpoint
 from channels.connection import Connection
 from channels.frames import CLOSE_PROTOCOL_ERROR, CLOSE_SERVICE_RESTART
 from channels.http import HTTPError, Request
@@ -26,14 +30,29 @@ from channels.limits import TokenBucket
 from channels.pubsub import PubSub, Subscriber
 from channels.serializer import serializer_for_vsn
 from channels.socket import Refuse, Socket, SocketSession
+from channels.stats import FANOUT_BUCKETS, Counters, Histogram
+from channels.telemetry import (
+    BROADCAST,
+    CONNECT,
+    HANDLE_IN_EXCEPTION,
+    HANDLE_IN_STOP,
+    PROTECTION,
+    Telemetry,
+)
 
 if TYPE_CHECKING:
+    from channels.metrics import Metrics
     from channels.rooms import Rooms
     from presence import Presence
 
 log = logging.getLogger("channels.endpoint")
 
+_connection_ids = itertools.count(1)
+
 H = TypeVar("H", bound=Hook)
+
+#: Shutdown hooks run even when serving was cancelled, for at most this many seconds.
+SHUTDOWN_HOOKS_TIMEOUT = 10.0
 
 
 class Endpoint:
@@ -63,6 +82,8 @@ class Endpoint:
         connection_rate: tuple[float, float] | None = None,
         rooms: Rooms | None = None,
         lifespan: Lifespan | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str | None = None,
     ) -> None:
         self.sockets = {mount.rstrip("/"): cls for mount, cls in sockets.items()}
         self.pubsub = pubsub if pubsub is not None else PubSub()
@@ -88,6 +109,15 @@ class Endpoint:
         self._cancel: trio.CancelScope | None = None
         self._connections: trio.Nursery | None = None
         self._all_closed = trio.Event()
+        #: Plain-int counters of what happened (read by the metrics at scrape time).
+        self.counters = Counters()
+        #: Telemetry hooks: ``endpoint.telemetry.attach(("channels", "join"), handler)``.
+        self.telemetry = Telemetry()
+        self.telemetry.on_change = self._instrument
+        #: The Prometheus metrics (``/metrics`` on ``metrics_port``), or None when off.
+        self.metrics: Metrics | None = None
+        if metrics_port is not None:
+            self.enable_metrics(metrics_port, metrics_host)
 
     def session_ended(self, session: SocketSession) -> None:
         """Called by a session when its connection is gone."""
@@ -133,6 +163,43 @@ class Endpoint:
     def unsubscribe(self, topic: str, subscriber: Subscriber) -> None:
         self.pubsub.unsubscribe(topic, subscriber)
 
+    def enable_metrics(self, port: int = 9568, host: str | None = None) -> Metrics:
+        """Serve Prometheus metrics at ``/metrics`` on ``host:port`` (``host`` defaults to the
+        one :meth:`serve` listens on; port 0 picks a free one, see ``metrics.bound_port``).
+        Call it before serving; ``Endpoint(metrics_port=...)`` does."""
+        from channels.metrics import Metrics
+
+        if self.metrics is None:
+            self.metrics = Metrics(self, port, host)
+        else:
+            self.metrics.port, self.metrics.host = port, host
+        self._instrument()
+        return self.metrics
+
+    def _instrument(self) -> None:
+        """Decide what the hot paths measure: only what metrics or attached handlers use."""
+        active = self.telemetry.active
+        counters = self.counters
+        on = self.metrics is not None
+        counters.timed = on or HANDLE_IN_STOP in active or HANDLE_IN_EXCEPTION in active
+        if on and counters.handle_in is None:
+            counters.handle_in = {}
+        if on and self.pubsub.fanout is None:
+            self.pubsub.fanout = Histogram(FANOUT_BUCKETS)
+        self.pubsub.on_broadcast = self._broadcast_event if BROADCAST in active else None
+
+    def _broadcast_event(self, topic: str, event: str, recipients: int) -> None:
+        self.telemetry.execute(BROADCAST, {"recipients": recipients},
+                               {"topic": topic, "event": event})
+
+    def report_protection(self, kind: str, peer: tuple[str, int],
+                          topic: str | None = None) -> None:
+        """Tell telemetry handlers that a protection kicked in (``("channels", "protection")``).
+        The caller counts it."""
+        if PROTECTION in self.telemetry.active:
+            self.telemetry.execute(PROTECTION, {}, {"kind": kind, "peer": f"{peer[0]}:{peer[1]}",
+                                                    "topic": topic})
+
     async def serve(
         self,
         host: str = "127.0.0.1",
@@ -140,7 +207,12 @@ class Endpoint:
         *,
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Listen on ``host:port`` and serve until cancelled; reports the bound port."""
+        """Listen on ``host:port`` and serve until cancelled; reports the bound port.
+
+        Raises :class:`~channels.config.ConfigError` before listening if the configuration
+        is wrong (warnings are logged), and ``OSError`` if the port cannot be bound.
+        """
+        self.check()
         listener = _listen(host, port)
         bound = listener.getsockname()[1]
         try:
@@ -159,19 +231,24 @@ class Endpoint:
                             await self._serve_node(listener, host, bound, task_status)
                             user_services.cancel_scope.cancel()
                     finally:
-                        with trio.CancelScope(shield=True):
+                        # Shielded so a cancelled serve still runs them, but bounded.
+                        with trio.move_on_after(SHUTDOWN_HOOKS_TIMEOUT, shield=True) as hooks:
                             await run_hooks(self._shutdown, self, "shutdown")
+                        if hooks.cancelled_caught:
+                            log.warning("shutdown hooks did not finish within %gs",
+                                        SHUTDOWN_HOOKS_TIMEOUT)
                 # The tracker's last messages (leaves of drained clients) leave before Redis.
                 with trio.move_on_after(2.0, shield=True):
                     await self.pubsub.adapter.flush(2.0)
                 pubsub_tasks.cancel_scope.cancel()
         finally:
-            trio.lowlevel.notify_closing(listener)
-            listener.close()
+            _close_listener(listener)
 
     async def _serve_node(self, listener: stdsocket.socket, host: str, bound: int,
                           task_status: trio.TaskStatus[int]) -> None:
         async with trio.open_nursery() as services:
+            if self.metrics is not None:
+                await services.start(self.metrics.serve, host)
             if self.presence is not None:
                 await services.start(self.presence.run)
             services.start_soon(self._heartbeat_monitor)
@@ -180,25 +257,48 @@ class Endpoint:
                     await room_tasks.start(self.rooms.run)
                 async with trio.open_nursery() as connections:
                     self._connections = connections
-                    with trio.CancelScope() as self._cancel:
-                        log.info("listening on http://%s:%d", host, bound)
-                        task_status.started(bound)
-                        await self._accept_loop(listener, connections, (host, bound))
-                    # Accepting stopped (drain): wait for the connections to finish.
+                    try:
+                        with trio.CancelScope() as self._cancel:
+                            log.info("listening on http://%s:%d", host, bound)
+                            task_status.started(bound)
+                            await self._accept_loop(listener, connections, (host, bound))
+                    finally:
+                        # Accepting stopped (drain): refuse new connections rather than leave
+                        # them waiting in the backlog; then the connections finish.
+                        _close_listener(listener)
                 if self.rooms is not None:
                     with trio.CancelScope(shield=True):
-                        await self.rooms.shutdown(min(self.drain_timeout, 8.0))
+                        await self.rooms.shutdown(min(8.0, self.drain_timeout / 4))
                 room_tasks.cancel_scope.cancel()
             services.cancel_scope.cancel()
 
+    def check(self) -> None:
+        """Validate the configuration: raise ConfigError listing every error, log warnings."""
+        errors, warnings = check_endpoint(self)
+        for warning in warnings:
+            log.warning("configuration: %s", warning)
+        if errors:
+            raise ConfigError(errors)
+
+    @property
+    def ready(self) -> bool:
+        """Serving, not draining, and (in a cluster) linked to the other nodes."""
+        return self._cancel is not None and not self.draining and \
+            getattr(self.pubsub.adapter, "connected", True) is not False
+
     async def drain(self) -> None:
-        """Stop accepting, then close every client with 1012 in batches and wait for them."""
+        """Refuse new clients (503; ``/readyz`` says so), close every client with 1012 in
+        batches and wait for them, then stop accepting.
+
+        Clients get at most two thirds of ``drain_timeout`` (and at least all but 10 s of it):
+        the rest is for handing rooms off and closing the cluster link, so the whole stop
+        fits in ``drain_timeout``.
+        """
         self.draining = True
-        if self._cancel is not None:
-            self._cancel.cancel()
         sessions = list(self.sessions)
         log.info("draining %d connections", len(sessions))
-        with trio.move_on_after(self.drain_timeout):
+        reserve = min(10.0, self.drain_timeout / 3)
+        with trio.move_on_after(self.drain_timeout - reserve):
             for i in range(0, len(sessions), self.drain_batch_size):
                 if i:
                     await trio.sleep(self.drain_batch_interval)
@@ -207,6 +307,8 @@ class Endpoint:
             while self.sessions:
                 self._all_closed = trio.Event()
                 await self._all_closed.wait()
+        if self._cancel is not None:
+            self._cancel.cancel()
         if self._connections is not None:
             self._connections.cancel_scope.cancel()
 
@@ -232,6 +334,9 @@ class Endpoint:
     async def _handle_connection(self, sock: stdsocket.socket, peer: tuple[str, int],
                                  host_port: tuple[str, int]) -> None:
         conn = Connection(sock, peer)
+        if chlog.state.context:  # JSON logs: this task's lines (and its channels') say who
+            chlog.connection_var.set({"connection_id": next(_connection_ids),
+                                      "peer": f"{peer[0]}:{peer[1]}"})
         # Flushers run in the connections nursery: abort() wakes and ends them, so a
         # per-connection nursery (and its memory) is not needed.
         assert self._connections is not None
@@ -252,14 +357,50 @@ class Endpoint:
         if req.path == "/healthz":
             await http.send_response(conn, h, 200, b"ok\n")
             return None
+        if req.path == "/readyz":
+            if self.ready:
+                await http.send_response(conn, h, 200, b"ready\n")
+            else:
+                why = b"draining\n" if self.draining else b"not ready: cluster link down\n"
+                await http.send_response(conn, h, 503, why)
+            return None
         socket_cls = self._ws_paths.get(req.path)
         if socket_cls is not None:
-            return await self._websocket(socket_cls, req, conn, h)
+            start = time.perf_counter()
+            try:
+                session = await self._websocket(socket_cls, req, conn, h)
+            except HTTPError as exc:
+                self._connect_answered(req, socket_cls, exc.status, start)
+                raise
+            self._connect_answered(req, socket_cls, 101, start)
+            return session
         file = http.resolve_static(self.static, req.path)
         if file is None:
             raise HTTPError(404)
         await http.serve_static(conn, h, req, file)
         return None
+
+    def _connect_answered(self, req: Request, socket_cls: type[Socket], status: int,
+                          start: float) -> None:
+        """Count an answered upgrade; the access log line and the telemetry event."""
+        connects = self.counters.connects
+        connects[status] = connects.get(status, 0) + 1
+        telemetry = CONNECT in self.telemetry.active
+        access = chlog.access_log.enabled()
+        if not (telemetry or access):
+            return
+        duration = time.perf_counter() - start
+        peer = f"{req.peer[0]}:{req.peer[1]}"
+        if telemetry:
+            self.telemetry.execute(CONNECT, {"duration": duration}, {
+                "status": status, "path": req.path, "peer": peer,
+                "socket": socket_cls.__name__, "transport": "websocket"})
+        if access:
+            target = req.path + ("?" + chlog.mask_query(req.query) if req.query else "")
+            chlog.access_log("connect %s %s %d %.1fms", peer, target, status, duration * 1000,
+                             extra={"peer": peer, "path": req.path, "status": status,
+                                    "duration_ms": round(duration * 1000, 3),
+                                    "socket": socket_cls.__name__, "transport": "websocket"})
 
     async def _websocket(self, socket_cls: type[Socket], req: Request, conn: Connection,
                          h: h11.Connection) -> SocketSession:
@@ -308,13 +449,16 @@ class Endpoint:
         return SocketSession(self, socket, serializer, conn, trailing)
 
     async def _heartbeat_monitor(self) -> None:
-        """Close connections silent for longer than their socket's ``idle_timeout``.
+        """Close connections silent for longer than their socket's ``idle_timeout``, and
+        stalled readers (queued bytes, none taken for ``write_timeout``) with 1013.
 
         One task per endpoint. A read only sets ``conn.active``; each scan clears it and notes
-        the time, so a scan costs O(connections) and a message O(1). Scans run four times per
-        (shortest) timeout: a silent client is dropped between 1 and 1.5 timeouts.
+        the time, so a scan costs O(connections) and a message O(1) (writes likewise only set
+        a flag, see ``Connection.write_stall``). Scans run four times per (shortest) timeout:
+        a silent client is dropped between 1 and 1.5 timeouts, a stalled reader likewise.
         """
-        timeouts = [cls.idle_timeout for cls in self.sockets.values()] or [60.0]
+        timeouts = [min(cls.idle_timeout, cls.write_timeout)
+                    for cls in self.sockets.values()] or [60.0]
         interval = max(min(timeouts) / 4, 0.005)
         while True:
             await trio.sleep(interval)
@@ -327,15 +471,31 @@ class Endpoint:
                 elif not session.closing and now - conn.silent_since > session.idle_timeout:
                     log.info("closing idle connection %s (no message for %.1fs)",
                              conn.peer, now - conn.silent_since)
+                    self.counters.idle_closes += 1
+                    self.report_protection("idle_close", conn.peer)
                     session.close(CLOSE_PROTOCOL_ERROR, "idle timeout")
+                stall = conn.write_stall(now)
+                if stall and not session.closing and \
+                        stall > type(session.socket).write_timeout:
+                    session.write_stalled(stall)
+
+
+def _close_listener(listener: stdsocket.socket) -> None:
+    if listener.fileno() != -1:
+        trio.lowlevel.notify_closing(listener)
+        listener.close()
 
 
 def _listen(host: str, port: int) -> stdsocket.socket:
     family = stdsocket.AF_INET6 if ":" in host else stdsocket.AF_INET
     sock = stdsocket.socket(family, stdsocket.SOCK_STREAM)
-    sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(4096)
+    try:
+        sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(4096)
+    except OSError as exc:
+        sock.close()
+        raise BindError("the endpoint", host, port, exc) from exc
     sock.setblocking(False)
     return sock
 

@@ -36,6 +36,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from channels import http
+from channels.config import BindError
 from channels.connection import Connection
 from channels.stats import Histogram
 
@@ -75,8 +76,11 @@ class Metrics:
         sock = stdsocket.socket(family, stdsocket.SOCK_STREAM)
         try:
             sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
-            sock.bind((listen_host, self.port))
-            sock.listen(128)
+            try:
+                sock.bind((listen_host, self.port))
+                sock.listen(128)
+            except OSError as exc:
+                raise BindError("metrics", listen_host, self.port, exc) from exc
             sock.setblocking(False)
             self.bound_port = sock.getsockname()[1]
             log.info("metrics on http://%s:%d/metrics", listen_host, self.bound_port)

@@ -22,13 +22,13 @@ holds the incarnation of its live owner with a short TTL that the owner refreshe
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
 import random
 import secrets
 import socket
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -41,6 +41,7 @@ import msgpack  # type: ignore[import-untyped, unused-ignore]
 import trio
 from coredis.retry import NoRetryPolicy
 
+from channels.logutil import Throttled
 from channels.pubsub import Adapter, PubSub
 
 log = logging.getLogger("channels.redis")
@@ -157,27 +158,6 @@ def decode_envelope(data: bytes, *, skip_sender: str | None = None) -> Envelope:
 
 # -- the adapter -----------------------------------------------------------------------------
 
-class _Throttled:
-    """Logs at most once per ``interval`` seconds, counting what it held back."""
-
-    def __init__(self, level: int, interval: float) -> None:
-        self.level = level
-        self.interval = interval
-        self._last = -float("inf")
-        self._held = 0
-
-    def __call__(self, msg: str, *args: object, exc_info: BaseException | None = None) -> None:
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            self._held += 1
-            return
-        if self._held:
-            msg += " (%d similar messages suppressed)"
-            args = (*args, self._held)
-        self._last, self._held = now, 0
-        log.log(self.level, msg, *args, exc_info=exc_info)
-
-
 class RedisAdapter(Adapter):
     """Carries broadcasts and direct messages between nodes through Redis pub/sub.
 
@@ -224,6 +204,7 @@ class RedisAdapter(Adapter):
             raise ValueError("node_name must not be empty")
         if not 0 < liveness_interval < liveness_ttl:
             raise ValueError("need 0 < liveness_interval < liveness_ttl")
+        check_url(url)
         self.url = url
         self.node_name = node_name
         self.namespace = namespace
@@ -262,9 +243,10 @@ class RedisAdapter(Adapter):
         self._wakeup = trio.lowlevel.ParkingLot()
         self._packer = msgpack.Packer(use_bin_type=True)
         self._seen_versions: set[object] = set()
-        self._warn_drop = _Throttled(logging.WARNING, 5.0)
-        self._warn_malformed = _Throttled(logging.WARNING, 5.0)
-        self._warn_deliver = _Throttled(logging.ERROR, 5.0)
+        throttled = Throttled(log, 5.0)
+        self._warn_drop = functools.partial(throttled, "drop", logging.WARNING)
+        self._warn_malformed = functools.partial(throttled, "malformed", logging.WARNING)
+        self._warn_deliver = functools.partial(throttled, "deliver", logging.ERROR)
         self._safe_url = _redact(url)
 
     # -- introspection -------------------------------------------------------------------------
@@ -304,8 +286,9 @@ class RedisAdapter(Adapter):
     async def run(self, pubsub: PubSub, *, task_status: trio.TaskStatus[None]) -> None:
         """Connect, claim the node name, subscribe, then serve and reconnect until cancelled.
 
-        ``task_status.started()`` is called once the first session is subscribed; a duplicate
-        node name raises :class:`NodeNameInUse` (before that, if detected at start-up).
+        ``task_status.started()`` is called once the first session is subscribed, or when the
+        first attempt fails: the node then serves its local clients while this keeps retrying
+        (``connected`` says which). A duplicate node name raises :class:`NodeNameInUse`.
         """
         if self._running:
             raise RuntimeError(f"RedisAdapter {self.node_name!r} is already running")
@@ -345,8 +328,12 @@ class RedisAdapter(Adapter):
                                 "broadcasts to other nodes are dropped meanwhile",
                                 self._safe_url, reason, delay)
                 else:
-                    log.warning("redis unreachable at %s (%s), retrying in %gs",
-                                self._safe_url, reason, delay)
+                    log.warning("redis unreachable at %s (%s), retrying in %gs%s",
+                                self._safe_url, reason, delay,
+                                "" if started else "; serving local clients meanwhile")
+                    if not started:
+                        started = True
+                        task_status.started()
                 # Jitter spreads a cluster's reconnects after a Redis restart.
                 await trio.sleep(delay * random.uniform(0.9, 1.0))
                 delay = min(delay * 2, self.backoff_max)
@@ -575,6 +562,24 @@ class RedisAdapter(Adapter):
                 await result
         except Exception:
             log.exception("on_reconnect hook %r failed", hook)
+
+
+def check_url(url: str) -> None:
+    """Raise ``ValueError`` (one clear line) unless ``url`` is a Redis URL coredis accepts."""
+    parts = urlsplit(url)
+    if parts.scheme in ("redis", "rediss"):
+        try:
+            parts.port  # noqa: B018 - parsing it validates it
+        except ValueError:
+            raise ValueError(f"{_redact(url)!r}: the port is not a number") from None
+        if not parts.hostname:
+            raise ValueError(f"{_redact(url)!r} has no host (expected redis://HOST:PORT[/DB])")
+    elif parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"{_redact(url)!r} has no socket path (expected unix:///PATH)")
+    else:
+        raise ValueError(f"{_redact(url)!r} is not a Redis URL: expected redis://HOST:PORT[/DB]"
+                         f", rediss://... or unix:///PATH")
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

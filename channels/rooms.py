@@ -21,7 +21,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import msgpack  # type: ignore[import-untyped, unused-ignore]
 import trio
 
+from channels.logutil import Throttled
 from channels.placement import Lease, LeaseStore, MemoryLeaseStore
 from supervisor import Actor, MailboxClosed, RestartIntensity, TimerRef
 
@@ -116,29 +116,6 @@ def _pack(obj: Any) -> bytes:
 
 def _unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
-
-
-class _Throttled:
-    """Logs a message at most once per ``interval`` per key, counting the repeats."""
-
-    def __init__(self, interval: float = 5.0) -> None:
-        self.interval = interval
-        self._last: dict[object, tuple[float, int]] = {}
-
-    def __call__(self, key: object, level: int, msg: str, *args: object,
-                 exc_info: BaseException | None = None) -> None:
-        now = time.monotonic()
-        last, held = self._last.get(key, (-math.inf, 0))
-        if now - last < self.interval:
-            self._last[key] = (last, held + 1)
-            return
-        if held:
-            msg += " (%d more since the last report)"
-            args = (*args, held)
-        if len(self._last) > 10_000:
-            self._last.clear()
-        self._last[key] = (now, 0)
-        log.log(level, msg, *args, exc_info=exc_info)
 
 
 # -- the room base class ---------------------------------------------------------------------
@@ -343,7 +320,7 @@ class _Activation(Actor[tuple[Any, ...]]):
         """Queue a call now (so calls keep their arrival order); wait with :meth:`wait_call`."""
         if self.state == "gave_up":
             raise RoomGaveUp(f"room {self.name} gave up after repeated crashes; retry later")
-        if self.state == "stopping":
+        if self.state == "stopping" or not self._lease_valid():
             raise _Moved
         pending = _PendingCall(message)
         try:
@@ -366,13 +343,20 @@ class _Activation(Actor[tuple[Any, ...]]):
         return pending.result
 
     def cast(self, message: Any) -> None:
-        if self.state in ("gave_up", "stopping"):
+        if self.state in ("gave_up", "stopping") or not self._lease_valid():
             raise _Moved
         try:
             self.send((_CAST, message))
         except MailboxClosed:
             raise _Moved from None
         self.last_used = trio.current_time()
+
+    def _lease_valid(self) -> bool:
+        """False once the lease may have run out (e.g. this process was stopped): the room
+        ends at once, so a resumed ex-owner never answers a call."""
+        if self.holds_lease and trio.current_time() >= self.valid_until:
+            self.rooms._lose(self, "its lease could not be renewed in time")
+        return self.holds_lease
 
     def send_info(self, message: Any) -> None:
         try:
@@ -690,7 +674,7 @@ class Rooms:
         self._running = False
         self._shared = False
         self._owner_id = "local"
-        self._warn = _Throttled()
+        self._warn = Throttled(log)
         # Counters.
         self.activations = 0
         self.restored = 0

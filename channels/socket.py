@@ -7,16 +7,19 @@ protocol rules of :class:`~channels.protocol.SocketState` and runs one
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import trio
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
+from channels import logging as chlog
 from channels import protocol
 from channels.channel import Channel, ChannelProcess, JoinError, Reply
-from channels.connection import Connection
+from channels.connection import Connection, kernel_unread
 from channels.frames import (
     CLOSE_GOING_AWAY,
     CLOSE_INVALID_DATA,
@@ -29,6 +32,7 @@ from channels.frames import (
 from channels.limits import InboundLimiter
 from channels.protocol import Route, SocketState
 from channels.serializer import DecodeError, EncodeError, Message, Serializer
+from channels.telemetry import CRASH, JOIN, LEAVE
 from supervisor import DynamicSupervisor
 
 if TYPE_CHECKING:
@@ -65,8 +69,14 @@ class Socket:
     idle_timeout: ClassVar[float] = 60.0
     #: Inbound messages larger than this (bytes) close the connection with 1009.
     max_frame_size: ClassVar[int] = 1 << 20
-    #: Outbound bytes a connection may have queued before it is dropped as a slow consumer.
-    max_buffer: ClassVar[int] = 1 << 20
+    #: Hard cap on one connection's queued outbound bytes: past it the client is closed with
+    #: 1013 as a slow consumer even while it reads. Set well above a burst: a broadcast frame
+    #: queued for many connections is one object in memory, counted here for each of them.
+    max_buffer: ClassVar[int] = 64 << 20
+    #: Seconds queued outbound bytes may wait with none taken by the client before it is
+    #: closed with 1013 as a stalled reader (checked by the heartbeat monitor: the close
+    #: comes between 1 and 1.5 times this). A client that keeps reading is never cut by it.
+    write_timeout: ClassVar[float] = 30.0
     #: Allowed browser origins (Phoenix's check_origin): a list such as
     #: ``["https://app.example.com", "//*.example.com"]``; ``True`` = the request's own host;
     #: ``False`` = any; ``None`` (default) = any on a loopback host, else the request's own host.
@@ -78,6 +88,14 @@ class Socket:
     #: Pushes waiting in one channel's mailbox; past it a push is answered
     #: ``{"reason": "overloaded"}`` instead of queued (a slow handle_in cannot grow memory).
     max_queued: ClassVar[int] = 1000
+    #: Back-pressure: when this many of a connection's pushes wait for its channels, the
+    #: server stops reading from it (TCP slows the client down) ...
+    unhandled_high_water: ClassVar[int] = 100
+    #: ... and reads again once no more than this many wait.
+    unhandled_low_water: ClassVar[int] = 50
+    #: A push that waited longer than this (seconds) for its channel is answered
+    #: ``{"reason": "overloaded"}`` instead of handled late. ``None``: no limit.
+    max_push_age: ClassVar[float | None] = 5.0
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -125,6 +143,16 @@ class _IdSubscriber:
 class SocketSession:
     """One connected client: frames in, protocol rules, channel processes, frames out."""
 
+    #: Times reading paused for back-pressure (a class default until the first pause).
+    read_pauses = 0
+    # Back-pressure state, as class defaults until reading first pauses. _marks: (offset,
+    # time) pairs, "the inbound bytes before this offset (counted in _received) had arrived
+    # by then", taken when reading pauses and resumes; _backlog_since: the time by which the
+    # chunk being handled had arrived (pushes count their age from it; None: just now).
+    _marks: collections.deque[tuple[int, float]] | None = None
+    _received = 0
+    _backlog_since: float | None = None
+
     def __init__(
         self, endpoint: Endpoint, socket: Socket, serializer: Serializer, conn: Connection,
         trailing: bytes = b"",
@@ -134,10 +162,16 @@ class SocketSession:
         self.serializer = serializer
         self.conn = conn
         self.pubsub = endpoint.pubsub
+        self.counters = endpoint.counters
         self.state: SocketState[ChannelProcess] = SocketState(type(socket).max_channels)
         self.max_frame_size = type(socket).max_frame_size
         self.max_queued = type(socket).max_queued
         self.idle_timeout = type(socket).idle_timeout
+        # Pushes forwarded to this connection's channels and not yet taken from a mailbox;
+        # reading pauses at high_water until _resume is set (see _pause_reading).
+        self.unhandled = 0
+        self.high_water = type(socket).unhandled_high_water
+        self._resume: trio.Event | None = None
         self.closing = False
         self.end_reason = "closed"
         # wsproto's frame layer only (its Connection adds state we keep ourselves, and memory).
@@ -157,7 +191,11 @@ class SocketSession:
     # -- outbound ----------------------------------------------------------------------------
 
     def _write(self, encoded: tuple[bool, bytes]) -> None:
-        self.conn.write_nowait(ws_frame(encoded[1], encoded[0]))
+        frame = ws_frame(encoded[1], encoded[0])
+        counters = self.counters
+        counters.messages_out += 1
+        counters.bytes_out += len(frame)
+        self.conn.write_nowait(frame)
 
     def send_reply(self, join_ref: str | None, ref: str | None, topic: str, reply: Reply) -> None:
         self._write(self.serializer.encode_reply(join_ref, ref, topic, reply.status,
@@ -192,6 +230,9 @@ class SocketSession:
         if frame is None:
             frame = cache[ser] = self.fastlane_frame(topic, event, payload)
         if frame:
+            counters = self.counters
+            counters.messages_out += 1
+            counters.bytes_out += len(frame)
             self.conn.write_nowait(frame)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -209,15 +250,27 @@ class SocketSession:
         log.debug("closing %s: %d %s", self.conn.peer, code, reason)
 
     def _on_overflow(self) -> None:
-        log.warning("slow consumer %s: more than %d bytes queued, closing 1013",
-                    self.conn.peer, self.conn.max_buffer)
+        self._slow_consumer(f"more than {self.conn.max_buffer} bytes queued (max_buffer)")
+
+    def write_stalled(self, seconds: float) -> None:
+        """The heartbeat monitor saw queued bytes wait ``seconds`` with none taken."""
+        self._slow_consumer(f"no bytes taken for {seconds:.1f}s (write_timeout)")
+
+    def _slow_consumer(self, why: str) -> None:
+        log.warning("slow consumer %s: %s; closing 1013", self.conn.peer, why)
+        self.counters.slow_consumers += 1
+        self.endpoint.report_protection("slow_consumer", self.conn.peer)
         self.closing = True
         self.end_reason = "closed"
+        # Its queued frames are dropped (all but the rest of one it began to receive) and the
+        # close frame goes next: a client that reads again gets 1013 at once. One that never
+        # reads again cannot get it (it sits behind what the kernel holds): the connection
+        # ends without it at the close grace (a browser reports 1006).
+        final = b""
         if not self._close_sent:
             self._close_sent = True
-            # Behind the queued frames: a client that resumes reading sees it and reconnects.
-            self.conn.write_final(bytes(self._frames.close(CLOSE_TRY_AGAIN_LATER,
-                                                           "slow consumer")))
+            final = bytes(self._frames.close(CLOSE_TRY_AGAIN_LATER, "slow consumer"))
+        self.conn.cut(final)
         self._close_after_grace()
 
     def _close_after_grace(self) -> None:
@@ -234,6 +287,10 @@ class SocketSession:
         if sid is not None:
             self._id_topic = sid
             self.pubsub.subscribe(sid, self._id_sub)
+            if chlog.state.context:
+                context = chlog.connection_var.get()
+                if context is not None:
+                    context["socket_id"] = sid
         self.endpoint.sessions.add(self)
         try:
             async with DynamicSupervisor.open(name="channels") as sup:
@@ -315,6 +372,12 @@ class SocketSession:
             data = await conn.receive_some()
             if not data:
                 return
+            if self._marks is not None:  # reading paused lately: how old is this chunk?
+                self._received += len(data)
+                self._backlog_since = self._chunk_arrived_by()
+            elif self._backlog_since is not None:
+                self._backlog_since = None
+            self.counters.bytes_in += len(data)
             frames.receive_bytes(data)
 
     def _too_big(self, size: int) -> None:
@@ -322,11 +385,74 @@ class SocketSession:
                     self.conn.peer, size, self.max_frame_size)
         self.close(CLOSE_TOO_BIG, "message too big")
 
+    # -- back-pressure -----------------------------------------------------------------------
+
+    async def _pause_reading(self) -> None:
+        """Read nothing more until the channels took pushes down to the low-water mark: the
+        kernel buffers fill and TCP slows the client down (no memory grows here)."""
+        # Recount: a channel that ended took its queued pushes with it.
+        self.unhandled = sum(j.handle.unhandled for j in self.state.topics.values())
+        if self.unhandled < self.high_water:
+            return
+        log.debug("pausing reads from %s: %d pushes wait for its channels",
+                  self.conn.peer, self.unhandled)
+        self.read_pauses += 1
+        paused = trio.current_time()
+        self._mark(paused)
+        resume = self._resume = trio.Event()
+        await resume.wait()
+        # What the kernel holds now waited at least since now, what it held at the pause
+        # since then, and the rest of the chunk being handled was read before the pause.
+        self._mark(trio.current_time())
+        if self._backlog_since is None:
+            self._backlog_since = paused
+
+    def _mark(self, now: float) -> None:
+        unread = kernel_unread(self.conn.sock)
+        if unread < 0:
+            return  # the platform cannot tell: ages count from the read
+        if self._marks is None:
+            self._marks = collections.deque()
+            self._received = 0
+        self._marks.append((self._received + unread, now))
+
+    def _chunk_arrived_by(self) -> float | None:
+        """The time by which every byte read so far had arrived, per the marks; marks that
+        no longer cover whole chunks go (a later one is a safe bound: ages are never
+        overestimated). None once no mark is left: reads caught up with the backlog."""
+        marks = self._marks
+        assert marks is not None
+        end = self._received
+        while marks and marks[0][0] < end:
+            marks.popleft()
+        if marks:
+            return marks[0][1]
+        self._marks = None
+        return None
+
+    def pushes_taken(self, n: int = 1) -> None:
+        """``n`` pushes left a channel's mailbox (or went with a channel that ended)."""
+        self.unhandled -= n
+        resume = self._resume
+        if resume is not None and self.unhandled <= type(self.socket).unhandled_low_water:
+            self._resume = None
+            resume.set()
+
+    def refuse_late(self, msg: Message) -> None:
+        """A push waited longer than ``max_push_age`` for its channel: answer overloaded."""
+        self.counters.overloaded += 1
+        self.endpoint.report_protection("overloaded", self.conn.peer, msg.topic)
+        if msg.ref is not None:
+            self.send_reply(msg.join_ref, msg.ref, msg.topic, _OVERLOADED)
+
     # -- inbound -----------------------------------------------------------------------------
 
     async def _on_frame(self, data: str | bytes, binary: bool) -> None:
+        if self.unhandled >= self.high_water:
+            await self._pause_reading()
         if self.closing:
             return
+        self.counters.messages_in += 1
         try:
             msg = self.serializer.decode(data, binary)
         except DecodeError as exc:
@@ -341,26 +467,42 @@ class SocketSession:
                 if verdict is None:
                     log.warning("closing %s (1008): kept sending past its rate limit",
                                 self.conn.peer)
+                    self.counters.rate_limit_closes += 1
+                    self.endpoint.report_protection("rate_limit_close", self.conn.peer)
                     self.close(CLOSE_POLICY, "rate limit exceeded")
-                elif msg.ref is not None:
+                    return
+                self.counters.rate_limited += 1
+                self.endpoint.report_protection("rate_limited", self.conn.peer, msg.topic)
+                if msg.ref is not None:
                     self.send_reply(msg.join_ref, msg.ref, msg.topic, _RATE_LIMITED)
                 return
         route = self.state.route(msg)
         if route is Route.FORWARD:
             proc = self.state.topics[msg.topic].handle
             if proc.queued < self.max_queued:
-                proc.forward(msg)
-            elif msg.ref is not None:
-                self.send_reply(msg.join_ref, msg.ref, msg.topic, _OVERLOADED)
+                proc.forward(msg, self._backlog_since)
+            else:
+                self.counters.overloaded += 1
+                self.endpoint.report_protection("overloaded", self.conn.peer, msg.topic)
+                if msg.ref is not None:
+                    self.send_reply(msg.join_ref, msg.ref, msg.topic, _OVERLOADED)
         elif route is Route.HEARTBEAT:
             self.send_reply(None, msg.ref, msg.topic, _OK)
         elif route is Route.JOIN:
-            await self._join(msg)
+            if chlog.state.context:  # the join's log lines name its topic
+                token = chlog.topic_var.set(msg.topic)
+                try:
+                    await self._join(msg)
+                finally:
+                    chlog.topic_var.reset(token)
+            else:
+                await self._join(msg)
         elif route is Route.LEAVE:
             joined = self.state.remove(msg.topic)
             assert joined is not None
             self.pubsub.unsubscribe(msg.topic, joined.handle)
             joined.handle.leave(msg)
+            self._left(joined.handle)
         elif route is Route.LEAVE_NOT_JOINED:
             self.send_reply(msg.join_ref, msg.ref, msg.topic, _OK)
         elif route is Route.UNMATCHED:
@@ -379,21 +521,31 @@ class SocketSession:
             log.warning('Ignoring unmatched topic "%s" in %s', topic, type(self.socket).__name__)
             self.send_reply(None, msg.ref, topic, Reply.error(protocol.UNMATCHED_TOPIC))
             return
+        start = time.perf_counter()
         if not self.state.can_join(topic):
             self.send_reply(msg.join_ref, msg.ref, topic, Reply.error(protocol.TOO_MANY_CHANNELS))
+            self._joined(channel_cls, topic, "error", start)
             return
         channel = channel_cls()
         proc = ChannelProcess(self, channel, topic, msg.join_ref)
         try:
             response = await channel.join(topic, msg.payload)
             if response is not None and not isinstance(response, dict):
-                raise TypeError(f"join() must return a dict or None, not {type(response)}")
+                log.error("%s.join(%r) returned %s %.60r; expected a dict (the join reply), "
+                          "None, or raise JoinError: the join is refused with "
+                          "{\"reason\": \"invalid reply\"}", channel_cls.__name__, topic,
+                          type(response).__name__, response)
+                self.send_reply(msg.join_ref, msg.ref, topic, _INVALID_JOIN_REPLY)
+                self._joined(channel_cls, topic, "error", start)
+                return
         except JoinError as exc:
             self.send_reply(msg.join_ref, msg.ref, topic, Reply.error(exc.response))
+            self._joined(channel_cls, topic, "error", start)
             return
         except Exception:
             log.exception("join of %s by %s crashed", topic, channel_cls.__name__)
             self.send_reply(msg.join_ref, msg.ref, topic, Reply.error(protocol.JOIN_CRASHED))
+            self._joined(channel_cls, topic, "crash", start)
             return
         if self.closing or self._sup is None:
             return
@@ -410,6 +562,36 @@ class SocketSession:
         proc.child = self._sup.start_child(
             proc.main, name=topic, on_exit=lambda _h, exc: self._channel_exited(proc, exc)
         )
+        self._joined(channel_cls, topic, "ok", start)
+
+    def _joined(self, channel_cls: type[Channel], topic: str, status: str,
+                start: float) -> None:
+        """Count an answered join; the join log line and the telemetry event."""
+        joins = self.counters.joins
+        key = (channel_cls, status)
+        joins[key] = joins.get(key, 0) + 1
+        telemetry = JOIN in self.endpoint.telemetry.active
+        logged = chlog.join_log.enabled()
+        if not (telemetry or logged):
+            return
+        duration = time.perf_counter() - start
+        name = channel_cls.__name__
+        if telemetry:
+            self.endpoint.telemetry.execute(JOIN, {"duration": duration}, {
+                "topic": topic, "channel": name, "status": status,
+                "socket_id": self._id_topic, "peer": _peer(self.conn.peer)})
+        if logged:
+            chlog.join_log("join %s %s %s %.1fms", topic, name, status, duration * 1000,
+                           extra={"topic": topic, "channel": name, "status": status,
+                                  "duration_ms": round(duration * 1000, 3)})
+
+    def _left(self, proc: ChannelProcess) -> None:
+        cls = type(proc.channel)
+        self.counters.leaves[cls] = self.counters.leaves.get(cls, 0) + 1
+        if LEAVE in self.endpoint.telemetry.active:
+            self.endpoint.telemetry.execute(LEAVE, {}, {
+                "topic": proc.topic, "channel": cls.__name__, "socket_id": self._id_topic,
+                "peer": _peer(self.conn.peer)})
 
     def forget(self, proc: ChannelProcess) -> None:
         """A channel stopped itself: drop it from the table and the topic."""
@@ -420,12 +602,23 @@ class SocketSession:
         if exc is None:
             return
         # A crash: the client errors the channel and rejoins with a new join_ref.
+        cls = type(proc.channel)
+        self.counters.crashes[cls] = self.counters.crashes.get(cls, 0) + 1
+        if CRASH in self.endpoint.telemetry.active:
+            self.endpoint.telemetry.execute(CRASH, {}, {
+                "topic": proc.topic, "channel": cls.__name__, "exception": exc,
+                "socket_id": self._id_topic, "peer": _peer(self.conn.peer)})
         if self.state.remove(proc.topic, proc) is not None:
             self.pubsub.unsubscribe(proc.topic, proc)
             if not self.closing:
                 self.send_error(proc.join_ref, proc.topic)
 
 
+def _peer(peer: tuple[str, int]) -> str:
+    return f"{peer[0]}:{peer[1]}"
+
+
 _OK = Reply.ok()
 _RATE_LIMITED = Reply.error({"reason": "rate_limited"})
 _OVERLOADED = Reply.error({"reason": "overloaded"})
+_INVALID_JOIN_REPLY = Reply.error({"reason": "invalid reply"})

@@ -113,8 +113,9 @@ async def _open(port: int, *, task_status: trio.TaskStatus[RawClient]) -> None:
         await trio.sleep_forever()
 
 
-async def test_overflow_sends_1013_behind_queued_frames() -> None:
-    # The sans-socket part: once over the limit nothing else is queued but the close frame.
+async def test_overflow_queues_nothing_but_the_close_frame() -> None:
+    # The sans-socket part: once over the limit nothing else is queued but the close frame
+    # (behind the rest of the frame already begun).
     a, b = stdsocket.socketpair()
     a.setblocking(False)
     from channels.connection import Connection
@@ -129,7 +130,7 @@ async def test_overflow_sends_1013_behind_queued_frames() -> None:
         before = conn.buffered
         conn.write_nowait(b"dropped")
         assert conn.buffered == before
-        conn.write_final(b"CLOSE")
+        conn.cut(b"CLOSE")
         assert conn.buffered == before + 5
         conn.abort()
     b.close()
