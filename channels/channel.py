@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from channels.socket import Socket, SocketSession
 
 log = logging.getLogger("channels.channel")
+# Repeated identical problems (a buggy callback hit by every push) are logged once per interval.
+_throttled = Throttled(log)
 
 TERMINATE_TIMEOUT = 5.0
 
@@ -98,7 +100,8 @@ class Channel:
 
         The default answers ``{"reason": "unhandled event"}`` so a client never waits in vain.
         """
-        log.warning("%s: unhandled event %r on %s", type(self).__name__, event, self.topic)
+        _throttled((type(self), event), logging.WARNING, "%s: unhandled event %r on %s",
+                   type(self).__name__, event, self.topic)
         return Reply.error({"reason": "unhandled event"})
 
     async def handle_info(self, message: Any) -> None:
@@ -168,9 +171,10 @@ _INVALID_REPLY = Reply.error({"reason": "invalid reply"})
 
 
 def _invalid_reply(channel: Channel, callback: str, event: str, result: object) -> None:
-    log.error("%s.%s(%r) returned %s; expected a Reply (Reply.ok(...) / Reply.error(...)) or "
-              "None: the client gets {\"reason\": \"invalid reply\"}",
-              type(channel).__name__, callback, event, _describe(result))
+    _throttled((type(channel), callback), logging.ERROR,
+               "%s.%s(%r) returned %s; expected a Reply (Reply.ok(...) / Reply.error(...)) or "
+               "None: the client gets {\"reason\": \"invalid reply\"}",
+               type(channel).__name__, callback, event, _describe(result))
 
 
 def _describe(value: object) -> str:

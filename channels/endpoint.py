@@ -27,6 +27,7 @@ from channels.frames import CLOSE_PROTOCOL_ERROR, CLOSE_SERVICE_RESTART
 from channels.http import HTTPError, Request
 from channels.lifecycle import Hook, Lifespan, Service, run_hooks
 from channels.limits import TokenBucket
+from channels.logutil import Throttled
 from channels.pubsub import PubSub, Subscriber
 from channels.serializer import serializer_for_vsn
 from channels.socket import Refuse, Socket, SocketSession
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     from presence import Presence
 
 log = logging.getLogger("channels.endpoint")
+# The same failure repeated by every connection is logged once per interval, with a count.
+_throttled = Throttled(log)
 
 _connection_ids = itertools.count(1)
 
@@ -345,8 +348,9 @@ class Endpoint:
             session = await http.serve_http(self, conn, host_port)
             if session is not None:
                 await session.run()
-        except Exception:
-            log.exception("connection handler for %s failed", peer)
+        except Exception as exc:
+            _throttled(("handler", type(exc), str(exc)[:100]), logging.ERROR,
+                       "connection handler for %s failed", peer, exc_info=exc)
         finally:
             conn.abort()
 
@@ -438,8 +442,9 @@ class Endpoint:
             result = await socket.connect(params, connect_info)
         except Refuse as exc:
             raise HTTPError(exc.status, exc.message) from None
-        except Exception:
-            log.exception("%s.connect raised", socket_cls.__name__)
+        except Exception as exc:
+            _throttled(("connect", socket_cls, type(exc), str(exc)[:100]), logging.ERROR,
+                       "%s.connect raised", socket_cls.__name__, exc_info=exc)
             raise HTTPError(500) from None
         if isinstance(result, dict):
             socket.assigns.update(result)

@@ -30,6 +30,7 @@ from channels.frames import (
     ws_frame,
 )
 from channels.limits import InboundLimiter
+from channels.logutil import Throttled
 from channels.protocol import Route, SocketState
 from channels.serializer import DecodeError, EncodeError, Message, Serializer
 from channels.telemetry import CRASH, JOIN, LEAVE
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from channels.endpoint import Endpoint
 
 log = logging.getLogger("channels.socket")
+# What a client (or a bug hit by every client) can repeat at will is logged once per interval.
+_throttled = Throttled(log)
 
 CLOSE_GRACE = 2.0  # seconds to wait for the peer's close frame after ours
 
@@ -458,7 +461,8 @@ class SocketSession:
         except DecodeError as exc:
             code = CLOSE_UNSUPPORTED if binary and not self.serializer.supports_binary \
                 else CLOSE_INVALID_DATA
-            log.warning("malformed message from %s (closing %d): %s", self.conn.peer, code, exc)
+            _throttled("malformed", logging.WARNING, "malformed message from %s (closing %d): %s",
+                       self.conn.peer, code, exc)
             self.close(code, "malformed message")
             return
         if self._limiter is not None:
@@ -508,8 +512,9 @@ class SocketSession:
         elif route is Route.UNMATCHED:
             self.send_reply(None, msg.ref, msg.topic, Reply.error(protocol.UNMATCHED_TOPIC))
         elif route is Route.INVALID:
-            log.warning("%s on %s from %s: payload is neither an object nor binary",
-                        msg.event, msg.topic, self.conn.peer)
+            _throttled("invalid payload", logging.WARNING,
+                       "%s on %s from %s: payload is neither an object nor binary",
+                       msg.event, msg.topic, self.conn.peer)
             self.send_reply(msg.join_ref, msg.ref, msg.topic,
                             Reply.error(protocol.INVALID_PAYLOAD))
         # Route.STALE: a message for an older join of this topic; Phoenix drops it silently.
@@ -518,7 +523,8 @@ class SocketSession:
         topic = msg.topic
         channel_cls = type(self.socket).route(topic)
         if channel_cls is None:
-            log.warning('Ignoring unmatched topic "%s" in %s', topic, type(self.socket).__name__)
+            _throttled(("unmatched", type(self.socket)), logging.WARNING,
+                       'Ignoring unmatched topic "%s" in %s', topic, type(self.socket).__name__)
             self.send_reply(None, msg.ref, topic, Reply.error(protocol.UNMATCHED_TOPIC))
             return
         start = time.perf_counter()
@@ -531,10 +537,11 @@ class SocketSession:
         try:
             response = await channel.join(topic, msg.payload)
             if response is not None and not isinstance(response, dict):
-                log.error("%s.join(%r) returned %s %.60r; expected a dict (the join reply), "
-                          "None, or raise JoinError: the join is refused with "
-                          "{\"reason\": \"invalid reply\"}", channel_cls.__name__, topic,
-                          type(response).__name__, response)
+                _throttled(("join reply", channel_cls), logging.ERROR,
+                           "%s.join(%r) returned %s %.60r; expected a dict (the join reply), "
+                           "None, or raise JoinError: the join is refused with "
+                           "{\"reason\": \"invalid reply\"}", channel_cls.__name__, topic,
+                           type(response).__name__, response)
                 self.send_reply(msg.join_ref, msg.ref, topic, _INVALID_JOIN_REPLY)
                 self._joined(channel_cls, topic, "error", start)
                 return
@@ -542,8 +549,9 @@ class SocketSession:
             self.send_reply(msg.join_ref, msg.ref, topic, Reply.error(exc.response))
             self._joined(channel_cls, topic, "error", start)
             return
-        except Exception:
-            log.exception("join of %s by %s crashed", topic, channel_cls.__name__)
+        except Exception as exc:
+            _throttled(("join crash", channel_cls, type(exc), str(exc)[:100]), logging.ERROR,
+                       "join of %s by %s crashed", topic, channel_cls.__name__, exc_info=exc)
             self.send_reply(msg.join_ref, msg.ref, topic, Reply.error(protocol.JOIN_CRASHED))
             self._joined(channel_cls, topic, "crash", start)
             return

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeVarTuple
@@ -230,7 +232,7 @@ class DynamicSupervisor:
         return self._intensity.record(trio.current_time())
 
     def _log_crash(self, handle: ChildHandle, exc: Exception) -> None:
-        logger.error("%s: child %r crashed", self.name, handle.name, exc_info=exc)
+        _log_crash_once(self.name, handle.name, exc)
 
     def _escalate(self, handle: ChildHandle, failure: Exception | None) -> None:
         if self._escalation is None:
@@ -258,3 +260,28 @@ class DynamicSupervisor:
                 handle._on_exit(handle, error)
             except Exception:
                 logger.exception("%s: on_exit callback of %r failed", self.name, handle.name)
+
+
+# The same bug crashing many children (one per connection and topic) would write a traceback
+# per crash: identical crashes (type, message, where) are logged once per interval, counted.
+_CRASH_LOG_INTERVAL = 5.0
+_crash_log: dict[tuple[object, ...], tuple[float, int]] = {}
+
+
+def _log_crash_once(sup: str, child: str, exc: Exception) -> None:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = (tb.tb_frame.f_code.co_filename, tb.tb_lineno) if tb is not None else None
+    key = (type(exc), str(exc)[:200], where)
+    now = time.monotonic()
+    last, held = _crash_log.get(key, (-math.inf, 0))
+    if now - last < _CRASH_LOG_INTERVAL:
+        _crash_log[key] = (last, held + 1)
+        return
+    if len(_crash_log) > 10_000:
+        _crash_log.clear()
+    _crash_log[key] = (now, 0)
+    suffix = f" ({held} identical crashes not logged in the last {_CRASH_LOG_INTERVAL:g}s)" \
+        if held else ""
+    logger.error("%s: child %r crashed%s", sup, child, suffix, exc_info=exc)

@@ -176,3 +176,28 @@ async def test_a_bad_return_value_gets_an_error_reply_and_the_channel_lives_on(
         await client.send("1", "3", "echo:1", "ping", {"still": "here"})
         assert (await client.recv_until("phx_reply"))[4] == {
             "status": "ok", "response": {"still": "here"}}
+
+
+async def test_repeated_identical_errors_are_logged_once_per_interval(
+        nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
+    from supervisor._dynamic import _log_crash_once
+    from tests.support.app import make_endpoint
+
+    endpoint = make_endpoint()
+    port = await nursery.start(endpoint.serve, "127.0.0.1", 0)
+    async with connect(port) as client:
+        await client.join("room:dup", "1", "1")
+        for ref in range(2, 22):
+            await client.send("1", str(ref), "room:dup", "no_such_event", {})
+            assert (await client.recv_until("phx_reply"))[4]["status"] == "error"
+    unhandled = [r for r in caplog.records if "unhandled event" in r.getMessage()]
+    assert len(unhandled) == 1
+
+    caplog.clear()
+    for n in range(50):
+        try:
+            raise RuntimeError("the same bug")
+        except RuntimeError as exc:
+            _log_crash_once("channels", f"room:{n}", exc)
+    crashes = [r for r in caplog.records if "crashed" in r.getMessage()]
+    assert len(crashes) == 1 and crashes[0].exc_info is not None
