@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 import trio
 
 from channels import logging as chlog
+from channels.history import POSITION_KEY, History
 from channels.logutil import Throttled
 from channels.stats import LATENCY_BUCKETS, Histogram
 from channels.telemetry import HANDLE_IN_EXCEPTION, HANDLE_IN_STOP
@@ -83,6 +84,9 @@ class Channel:
 
     #: Broadcast events that go through :meth:`handle_out` instead of the fastlane.
     intercept: ClassVar[Collection[str]] = ()
+    #: Keep this channel's topics' recent broadcasts, so clients that come back get what they
+    #: missed: e.g. ``History(size=500, ttl=600)`` (see docs/history.md).
+    history: ClassVar[History | None] = None
 
     topic: str
     join_ref: str | None
@@ -189,6 +193,10 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
     #: Pushes forwarded to this channel and not yet taken from its mailbox.
     unhandled = 0
     _ended = False
+    #: While a join on a topic with history reads what the client missed: the live
+    #: broadcasts that arrive meanwhile, held back (then sent after the replay, minus what it
+    #: already sent).
+    recovering: list[tuple[str, Any]] | None = None
 
     def __init__(
         self, session: SocketSession, channel: Channel, topic: str, join_ref: str | None
@@ -230,12 +238,15 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
     def fastlane(self) -> tuple[Any, Any, Any] | None:
         """How the pubsub may write broadcasts straight to our connection (None when some
         events go through handle_out: then :meth:`deliver` decides per event)."""
-        if self.intercept:
+        if self.intercept or self.recovering is not None:
             return None
         session = self.session
         return (session.serializer, session.fastlane_frame, session.conn.write_nowait)
 
     def deliver(self, topic: str, event: str, payload: Any, cache: dict[Any, Any]) -> None:
+        if self.recovering is not None:
+            self.recovering.append((event, payload))
+            return
         if event in self.intercept:
             self.send((_OUT, event, payload))
             return
@@ -254,6 +265,21 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
             self._join_buffer.append((event, payload))
             return
         self.session.send_push(self.join_ref, self.topic, event, payload)
+
+    def end_recovery(self, replay: list[tuple[str, Any]], epoch: str, upto: int) -> None:
+        """Send the replayed broadcasts, then the live ones held back that came after them
+        (by position), and go back to the fastlane."""
+        held = self.recovering or []
+        del self.recovering  # back to the class default (None): no instance attribute
+        self.session.pubsub.replan(self.topic)
+        for event, payload in replay:
+            self.deliver(self.topic, event, payload, {})
+        for event, payload in held:
+            pos = payload.get(POSITION_KEY) if isinstance(payload, dict) else None
+            if isinstance(pos, dict) and pos.get("epoch") == epoch and \
+                    isinstance(pos.get("offset"), int) and pos["offset"] <= upto:
+                continue  # the replay sent it
+            self.deliver(self.topic, event, payload, {})
 
     def flush_join_buffer(self) -> None:
         buffered, self._join_buffer = self._join_buffer or [], None

@@ -24,6 +24,7 @@ from channels import logging as chlog
 from channels.config import BindError, ConfigError, check_endpoint
 from channels.connection import Connection
 from channels.frames import CLOSE_PROTOCOL_ERROR, CLOSE_SERVICE_RESTART
+from channels.history import HistoryService
 from channels.http import HTTPError, Request
 from channels.lifecycle import Hook, Lifespan, Service, run_hooks
 from channels.limits import TokenBucket
@@ -96,6 +97,10 @@ class Endpoint:
         self.rooms = rooms
         if rooms is not None:
             rooms.attach(self)
+        #: Positions and stores the broadcasts of topics whose channel declares ``history``.
+        self.history = HistoryService.for_endpoint(self)
+        if self.history is not None:
+            self.history.attach(self.pubsub)
         self.lifespan = lifespan
         self.services: list[Service] = []
         self._startup: list[Hook] = []
@@ -252,6 +257,8 @@ class Endpoint:
         async with trio.open_nursery() as services:
             if self.metrics is not None:
                 await services.start(self.metrics.serve, host)
+            if self.history is not None:
+                await services.start(self.history.run)
             if self.presence is not None:
                 await services.start(self.presence.run)
             services.start_soon(self._heartbeat_monitor)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 if TYPE_CHECKING:
+    from channels.history import HistoryService
     from channels.stats import Histogram
 
 log = logging.getLogger("channels.pubsub")
@@ -150,6 +151,9 @@ class PubSub:
         self.fanout: Histogram | None = None
         #: ``fn(topic, event, recipients)`` after each local delivery (telemetry), or None.
         self.on_broadcast: Callable[[str, str, int], None] | None = None
+        #: Positions, stores and sequences the broadcasts of topics with history (set by the
+        #: endpoint when a channel class declares one).
+        self.history: HistoryService | None = None
 
     @property
     def node_name(self) -> str:
@@ -177,8 +181,18 @@ class PubSub:
         self, topic: str, event: str, payload: Any, *, exclude: Subscriber | None = None
     ) -> None:
         """Deliver to every subscriber of ``topic`` on every node (except ``exclude``)."""
+        history = self.history
+        if history is not None:
+            config = history.config_for(topic)
+            if config is not None:
+                await history.broadcast(topic, config, event, payload, exclude)
+                return
         await self.local_broadcast(topic, event, payload, exclude=exclude)
         await self.adapter.publish(topic, event, payload)
+
+    def replan(self, topic: str) -> None:
+        """Rebuild ``topic``'s delivery plan (a subscriber's ``fastlane`` changed)."""
+        self._plans.pop(topic, None)
 
     async def local_broadcast(
         self, topic: str, event: str, payload: Any, *, exclude: Subscriber | None = None

@@ -1184,6 +1184,11 @@ class Rooms:
         if not self._admit(act.name, token):
             return False
         assert self._pubsub is not None
+        history = self._pubsub.history
+        if history is not None and history.config_for(topic) is not None:
+            # Positioned by the history (receivers order and dedupe by offset).
+            await self._pubsub.broadcast(topic, event, payload)
+            return True
         await self._pubsub.local_broadcast(topic, event, payload)
         if self._shared:
             await self._adapter.publish(ROOMS_TOPIC, "fenced",

@@ -29,6 +29,7 @@ from channels.frames import (
     CLOSE_UNSUPPORTED,
     ws_frame,
 )
+from channels.history import POSITION_KEY, RECOVERY_KEY, position
 from channels.limits import InboundLimiter
 from channels.logutil import Throttled
 from channels.protocol import Route, SocketState
@@ -557,16 +558,34 @@ class SocketSession:
             return
         if self.closing or self._sup is None:
             return
+        history = self.pubsub.history
+        config = history.config_for(topic) if history is not None else None
+        if config is not None:
+            proc.recovering = []  # live broadcasts wait behind the replay
         old = self.state.add(topic, msg.join_ref, proc)
         if old is not None:
             self.pubsub.unsubscribe(topic, old.handle)
             old.handle.exit_reason = "duplicate_join"
             old.handle.child_cancel()
         self.pubsub.subscribe(topic, proc)
+        plan = None
+        if config is not None:
+            assert history is not None
+            # Subscribed first, then read: nothing falls between the replay and live.
+            wanted = msg.payload.get(POSITION_KEY) if isinstance(msg.payload, dict) else None
+            plan = await history.recover(topic, config, wanted)
+            response = {**(response or {}), RECOVERY_KEY: plan.reply()}
+            if self.closing:
+                self.forget(proc)
+                return
         self.send_reply(msg.join_ref, msg.ref, topic, Reply.ok(response))
         if old is not None:
             self.send_close(old.join_ref, topic)
         proc.flush_join_buffer()
+        if plan is not None:
+            proc.end_recovery([(e.event, {**e.payload, POSITION_KEY: position(plan.epoch,
+                                                                              e.offset)})
+                               for e in plan.replay], plan.epoch, plan.offset)
         proc.child = self._sup.start_child(
             proc.main, name=topic, on_exit=lambda _h, exc: self._channel_exited(proc, exc)
         )
