@@ -55,6 +55,10 @@ _connection_ids = itertools.count(1)
 
 H = TypeVar("H", bound=Hook)
 
+#: The client helper for history (rejoin from the last position), served by every endpoint.
+HISTORY_JS_PATH = "/trio-channels/history.js"
+HISTORY_JS = Path(__file__).resolve().parent / "static" / "history.js"
+
 #: Shutdown hooks run even when serving was cancelled, for at most this many seconds.
 SHUTDOWN_HOOKS_TIMEOUT = 10.0
 
@@ -374,6 +378,9 @@ class Endpoint:
             else:
                 why = b"draining\n" if self.draining else b"not ready: cluster link down\n"
                 await http.send_response(conn, h, 503, why)
+            return None
+        if req.path == HISTORY_JS_PATH:
+            await http.serve_static(conn, h, req, HISTORY_JS)
             return None
         socket_cls = self._ws_paths.get(req.path)
         if socket_cls is not None:

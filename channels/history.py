@@ -113,6 +113,15 @@ def parse_position(value: Any) -> tuple[str, int] | None:
     return epoch, offset
 
 
+def _last_n(value: Any) -> int | None:
+    """``{"last": N}`` (a first join asking for the newest N entries) → N, else None."""
+    if isinstance(value, dict) and len(value) == 1 and "last" in value:
+        n = value["last"]
+        if type(n) is int and n >= 0:
+            return n
+    return None
+
+
 def position(epoch: str, offset: int) -> dict[str, Any]:
     return {"offset": offset, "epoch": epoch}
 
@@ -690,7 +699,8 @@ class HistoryService:
     async def recover(self, topic: str, config: History, wanted: Any) -> RecoveryPlan:
         """Read what a client that last saw ``wanted`` missed on ``topic`` (bounded by the
         history's size)."""
-        parsed = parse_position(wanted) if wanted is not None else None
+        last_n = _last_n(wanted)
+        parsed = parse_position(wanted) if wanted is not None and last_n is None else None
         try:
             with trio.fail_after(2.0):
                 epoch, top, entries = await self.store.since(
@@ -702,6 +712,9 @@ class HistoryService:
             return RecoveryPlan(False, "", 0, reason="history unavailable")
         if wanted is None:
             return RecoveryPlan(False, epoch, top)  # a first join: here is where to start
+        if last_n is not None:
+            # A first join that wants the recent past (e.g. a chat's last messages).
+            return RecoveryPlan(False, epoch, top, entries[-last_n:] if last_n else [])
         plan = plan_recovery(parsed, epoch, top, entries)
         if plan.recovered:
             self.recoveries += 1

@@ -80,6 +80,13 @@ async def test_positions_and_recovery(nursery: trio.Nursery) -> None:
                 assert info["recovered"] is False and info["reason"] == reason, (wanted, info)
                 assert info["offset"] == 5 and info["epoch"] == epoch
 
+        # A first join may ask for the newest entries.
+        async with connect(port) as e:
+            info = (await e.join("feed:1", "1", "1", {"phx_pos": {"last": 2}}))[4][
+                "response"]["phx_recovery"]
+            assert info == {"recovered": False, "epoch": epoch, "offset": 5, "replayed": 2}
+            assert await _posts(e, 2) == [4, 5]
+
         # Past retention (size 5): offsets 1..7 were stored, 3..7 are left.
         for n in (6, 7):
             await endpoint.broadcast("feed:1", "post", {"n": n})
