@@ -217,6 +217,10 @@ class HistoryStore(abc.ABC):
         """``(epoch, top offset, entries after offset)``, oldest first, at most ``limit``,
         none older than the ttl; a topic with no stream gets a new epoch and top 0."""
 
+    @abc.abstractmethod
+    async def reset(self, topic: str) -> None:
+        """Drop the topic's stream: its next broadcast starts a new epoch."""
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         await trio.sleep_forever()
@@ -263,6 +267,11 @@ class MemoryHistoryStore(HistoryStore):
     async def append(self, topic: str, config: History, event: str,
                      payload: Any) -> tuple[str, int]:
         return self.append_now(topic, config, event, payload)
+
+    async def reset(self, topic: str) -> None:
+        # Appends in memory never fail, so nothing ever needs a new epoch per topic (the
+        # epoch is the process's).
+        return None
 
     async def since(self, topic: str, offset: int, config: History,
                     limit: int) -> tuple[str, int, list[Entry]]:
@@ -411,6 +420,11 @@ class RedisHistoryStore(HistoryStore):
         while self._queue:
             self._queue.popleft()[3].fail(error)
 
+    async def reset(self, topic: str) -> None:
+        if self._client is None:
+            raise ConnectionError("the history store is not connected")
+        await self._client.delete(self._keys(topic))
+
     async def since(self, topic: str, offset: int, config: History,
                     limit: int) -> tuple[str, int, list[Entry]]:
         if self._client is None:
@@ -481,6 +495,7 @@ class HistoryService:
         self._shared = False
         self._queue: deque[tuple[str, str, int, str, Any, Subscriber | None]] = deque()
         self._wakeup = trio.Event()
+        self._broken: set[str] = set()  # topics with broadcasts the store did not take
         self._warn = Throttled(log)
         # Counters.
         self.stored = 0
@@ -576,10 +591,16 @@ class HistoryService:
             if isinstance(store, MemoryHistoryStore):
                 epoch, offset = store.append_now(topic, config, event, payload)
             else:
+                if topic in self._broken:
+                    # Broadcasts went out unstored: a new epoch, so that clients recovering
+                    # across them are told they cannot (rather than silently miss them).
+                    await self.store.reset(topic)
+                    self._broken.discard(topic)
                 epoch, offset = await self.store.append(topic, config, event, payload)
         except Exception as exc:
-            # The broadcast still goes out (at most once, like any); recovering clients of
-            # this topic will be told they could not recover past it.
+            # The broadcast still goes out (at most once, like any); the topic's stream gets a
+            # new epoch once the store answers again, so recovering clients are told.
+            self._broken.add(topic)
             self.unstored += 1
             self._warn("store", logging.WARNING,
                        "cannot store a broadcast on %s in its history (%s): delivering it "
