@@ -215,18 +215,20 @@ class Endpoint:
     async def serve(
         self,
         host: str = "127.0.0.1",
-        port: int = 4000,
+        port: int | None = 4000,
         *,
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on ``host:port`` and serve until cancelled; reports the bound port.
 
+        ``port=None`` runs the node without a listener (reports 0): its services, rooms and
+        channels work for connections made in-process (see :mod:`channels.testing`).
         Raises :class:`~channels.config.ConfigError` before listening if the configuration
         is wrong (warnings are logged), and ``OSError`` if the port cannot be bound.
         """
         self.check()
-        listener = _listen(host, port)
-        bound = listener.getsockname()[1]
+        listener = _listen(host, port) if port is not None else None
+        bound = listener.getsockname()[1] if listener is not None else 0
         try:
             # Nested so that shutdown is ordered: connections, rooms (handed off), presence,
             # user services, shutdown hooks, lifespan, then pubsub.
@@ -256,7 +258,7 @@ class Endpoint:
         finally:
             _close_listener(listener)
 
-    async def _serve_node(self, listener: stdsocket.socket, host: str, bound: int,
+    async def _serve_node(self, listener: stdsocket.socket | None, host: str, bound: int,
                           task_status: trio.TaskStatus[int]) -> None:
         async with trio.open_nursery() as services:
             if self.metrics is not None:
@@ -273,8 +275,10 @@ class Endpoint:
                     self._connections = connections
                     try:
                         with trio.CancelScope() as self._cancel:
-                            log.info("listening on http://%s:%d", host, bound)
                             task_status.started(bound)
+                            if listener is None:
+                                await trio.sleep_forever()
+                            log.info("listening on http://%s:%d", host, bound)
                             await self._accept_loop(listener, connections, (host, bound))
                     finally:
                         # Accepting stopped (drain): refuse new connections rather than leave
@@ -499,8 +503,8 @@ class Endpoint:
                     session.write_stalled(stall)
 
 
-def _close_listener(listener: stdsocket.socket) -> None:
-    if listener.fileno() != -1:
+def _close_listener(listener: stdsocket.socket | None) -> None:
+    if listener is not None and listener.fileno() != -1:
         trio.lowlevel.notify_closing(listener)
         listener.close()
 
