@@ -227,6 +227,7 @@ class Endpoint:
         is wrong (warnings are logged), and ``OSError`` if the port cannot be bound.
         """
         self.check()
+        self.draining = False  # an endpoint may be served again after a drain (tests do)
         listener = _listen(host, port) if port is not None else None
         bound = listener.getsockname()[1] if listener is not None else 0
         try:
