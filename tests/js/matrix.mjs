@@ -11,7 +11,8 @@
 // ship only the CommonJS/UMD bundle priv/static/phoenix.js (loaded with require); 1.6 and later
 // also ship an ES module (priv/static/phoenix.mjs, loaded with import()). 1.3's Presence has
 // only the static syncState/syncDiff/list API; 1.4 and later have `new Presence(channel)`.
-// "transport" picks the phoenix transport; only "websocket" (the `ws` package) exists so far.
+// "transport" picks the phoenix transport from TRANSPORTS below; only "websocket" (the `ws`
+// package) so far.
 //
 // Every client runs the scenario below concurrently; at one point they all wait for the server
 // to restart. Output (stdout, one item per line):
@@ -83,6 +84,26 @@ function frameOf(data, isBinary) {
 const isFrame = (f) => Array.isArray(f) && f.length === 5;
 
 // ---------------------------------------------------------------------------------------
+// Transports: name -> (run, socket name) -> the `transport` option of phoenix's Socket. Each
+// notes {k: "connect_attempt", url}, and every frame as {k: "sent"|"recv", frame} (see frameOf).
+
+const TRANSPORTS = {
+  // `ws` recording every frame on the wire (phoenix's own handlers are untouched)
+  websocket: (run, name) => class RecordingWebSocket extends WebSocket {
+    constructor(url, protocols) {
+      super(url, protocols);
+      run.note({ k: "connect_attempt", sock: name, url });
+      this.on("message", (data, isBinary) => run.note({ k: "recv", sock: name, frame: frameOf(data, isBinary) }));
+    }
+
+    send(data, ...rest) {
+      run.note({ k: "sent", sock: name, frame: frameOf(data, typeof data !== "string") });
+      return super.send(data, ...rest);
+    }
+  },
+};
+
+// ---------------------------------------------------------------------------------------
 // One client of the matrix: its own event log, sockets and waits
 
 function deferred() {
@@ -136,24 +157,9 @@ class Run {
   }
 
   transport(name) {
-    const run = this;
-    if (this.spec.transport !== "websocket") {
-      throw new Error(`transport ${this.spec.transport} is not supported by matrix.mjs yet`);
-    }
-    // `ws` recording every frame on the wire (phoenix's own handlers are untouched)
-    return class RecordingWebSocket extends WebSocket {
-      constructor(url, protocols) {
-        super(url, protocols);
-        run.note({ k: "connect_attempt", sock: name, url });
-        this.on("message", (data, isBinary) => run.note({ k: "recv", sock: name, frame: frameOf(data, isBinary) }));
-      }
-
-      send(data, ...rest) {
-        this.__sent = (this.__sent || 0) + 1;
-        run.note({ k: "sent", sock: name, frame: frameOf(data, typeof data !== "string") });
-        return super.send(data, ...rest);
-      }
-    };
+    const make = TRANSPORTS[this.spec.transport];
+    if (!make) throw new Error(`transport ${this.spec.transport} is not supported by matrix.mjs`);
+    return make(this, name);
   }
 
   socket(name, url, params, opts = {}) {
