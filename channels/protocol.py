@@ -9,10 +9,11 @@ join_ref rules of Phoenix 1.8.12+; the trio code in :mod:`channels.socket` perfo
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from channels.serializer import Message
+from channels.serializer import Message, Ref
 
 H = TypeVar("H")
 
@@ -44,7 +45,7 @@ INVALID_PAYLOAD = {"reason": "invalid payload"}
 class Joined(Generic[H]):
     """A topic this socket has joined."""
 
-    join_ref: str | None
+    join_ref: Ref
     handle: H
 
 
@@ -70,15 +71,22 @@ class SocketState(Generic[H]):
         if event == "phx_join":
             return Route.JOIN
         joined = self.topics.get(msg.topic)
+        # A null join_ref is fine on any message; another must be the join's (compared as
+        # Phoenix does, with ===: the Python != settles the common case of two strings).
+        jr = msg.join_ref
         if event == "phx_leave":
             if joined is None:
                 return Route.LEAVE_NOT_JOINED
-            if msg.join_ref is not None and msg.join_ref != joined.join_ref:
+            if jr is not None and (
+                jr != joined.join_ref or (type(jr) is not str and not same_ref(jr, joined.join_ref))
+            ):
                 return Route.STALE
             return Route.LEAVE
         if joined is None:
             return Route.UNMATCHED
-        if msg.join_ref is not None and msg.join_ref != joined.join_ref:
+        if jr is not None and (
+            jr != joined.join_ref or (type(jr) is not str and not same_ref(jr, joined.join_ref))
+        ):
             return Route.STALE
         return Route.FORWARD
 
@@ -93,7 +101,7 @@ class SocketState(Generic[H]):
     def get(self, topic: str) -> Joined[H] | None:
         return self.topics.get(topic)
 
-    def add(self, topic: str, join_ref: str | None, handle: H) -> Joined[H] | None:
+    def add(self, topic: str, join_ref: Ref, handle: H) -> Joined[H] | None:
         """Register a successful join; returns the entry it replaced (duplicate join)."""
         old = self.topics.get(topic)
         self.topics[topic] = Joined(join_ref, handle)
@@ -110,3 +118,21 @@ class SocketState(Generic[H]):
 
 def _valid_payload(payload: Any) -> bool:
     return isinstance(payload, dict | bytes)
+
+
+def same_ref(a: Any, b: Any) -> bool:
+    """Whether two decoded refs are the same, as Elixir's ``===`` (Phoenix's join_ref check).
+
+    Stricter than Python's ``==``: ``1``, ``1.0`` and ``true`` are three different refs, and
+    so are ``0.0`` and ``-0.0`` (as in OTP 27+); objects and arrays compare member by member.
+    """
+    ta = type(a)
+    if ta is not type(b):
+        return False
+    if ta is dict:
+        return a.keys() == b.keys() and all(same_ref(v, b[k]) for k, v in a.items())
+    if ta is list:
+        return len(a) == len(b) and all(map(same_ref, a, b))
+    if ta is float:
+        return bool(a == b and math.copysign(1.0, a) == math.copysign(1.0, b))
+    return bool(a == b)

@@ -3,6 +3,13 @@
 Byte-compatible with Phoenix 1.8.x and the ``phoenix`` npm client 1.8.16. Everything here is
 pure and stateless: the socket layer picks a serializer with :func:`serializer_for_vsn` and
 gets ``(is_binary, bytes)`` frames back from the encoders.
+
+As in Phoenix (whose JSON library, Jason, keeps integers of any size), a decoded value is
+exactly what the client sent: refs keep their JSON type (``"1"`` and ``1`` are different refs,
+each echoed as it came) and integers beyond 64 bits stay exact ints. Decoding uses msgspec,
+which parses integers of any size (up to Python's 4300-digit limit for int parsing) and is as
+fast as orjson; encoding uses orjson, and only when it refuses an integer beyond 64 bits does
+the value go through :func:`_widen` (the common path pays nothing for it).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
+import msgspec
 import orjson
 
 __all__ = [
@@ -21,6 +29,7 @@ __all__ = [
     "Message",
     "Payload",
     "ProtocolError",
+    "Ref",
     "Serializer",
     "V1JSONSerializer",
     "V2JSONSerializer",
@@ -32,10 +41,18 @@ __all__ = [
 Payload: TypeAlias = Any
 """A decoded JSON value, or ``bytes`` for a binary payload."""
 
+Ref: TypeAlias = Any
+"""A ``ref`` or ``join_ref`` as the client sent it, echoed back unchanged: any JSON value
+(``str | int | float | bool | list | dict | None``; ``None`` is null). phoenix.js sends
+strings, other clients integers. Compare refs with :func:`channels.protocol.same_ref`
+(Elixir's ``===``: ``1``, ``1.0`` and ``true`` are different refs)."""
+
 _dumps = orjson.dumps
-_loads = orjson.loads
+_loads = msgspec.json.Decoder().decode
 _JSONEncodeError = orjson.JSONEncodeError
-_JSONDecodeError = orjson.JSONDecodeError
+# msgspec.DecodeError (ValidationError for numbers out of range is a subclass); ValueError for
+# a str holding lone surrogates (it cannot be UTF-8); RecursionError for deep nesting.
+_JSONDecodeError = (msgspec.DecodeError, ValueError, RecursionError)
 _BINARY = (bytes, bytearray, memoryview)
 
 # Binary frame kind bytes (section 3 of the protocol reference).
@@ -67,8 +84,8 @@ class Message:
     binary frame.
     """
 
-    join_ref: str | None
-    ref: str | None
+    join_ref: Ref
+    ref: Ref
     topic: str
     event: str
     payload: Any
@@ -78,6 +95,8 @@ class Serializer(Protocol):
     """What the socket layer needs from a wire serializer."""
 
     vsn: str
+    #: Whether the serializer has binary frames of its own (the V2 binary push format). V1
+    #: has none: it reads JSON from text and binary frames alike, as Phoenix does.
     supports_binary: bool
 
     def decode(self, data: bytes | str, binary: bool) -> Message:
@@ -85,13 +104,13 @@ class Serializer(Protocol):
         ...
 
     def encode(
-        self, join_ref: str | None, ref: str | None, topic: str, event: str, payload: Any
+        self, join_ref: Ref, ref: Ref, topic: str, event: str, payload: Any
     ) -> tuple[bool, bytes]:
         """Encode a push; return ``(is_binary, frame)``."""
         ...
 
     def encode_reply(
-        self, join_ref: str | None, ref: str | None, topic: str, status: str, response: Any
+        self, join_ref: Ref, ref: Ref, topic: str, status: str, response: Any
     ) -> tuple[bool, bytes]:
         """Encode a ``phx_reply``; return ``(is_binary, frame)``."""
         ...
@@ -126,25 +145,67 @@ def _not_a_map(what: str, value: object) -> EncodeError:
     return EncodeError(f"{what} must be a dict (JSON object), got {type(value).__name__}")
 
 
-def _coerce_ref(value: object, name: str) -> str:
-    # phoenix.js always sends string refs, but other clients send integers; refs are opaque
-    # to the server, so accepting an int and echoing it back as a string is harmless.
-    if type(value) is int:
-        return str(value)
-    raise DecodeError(f"{name} must be a string or null, got {_json_type(value)}")
-
-
 def _message(join_ref: Any, ref: Any, topic: Any, event: Any, payload: Any) -> Message:
-    """Validate the envelope fields of a decoded JSON message (the decoders' slow path)."""
+    """Validate the envelope fields of a decoded JSON message.
+
+    Refs are not checked: as in Phoenix, any JSON value is a ref, echoed back as it came.
+    """
     if type(topic) is not str:
         raise DecodeError(f"topic must be a string, got {_json_type(topic)}")
     if type(event) is not str:
         raise DecodeError(f"event must be a string, got {_json_type(event)}")
-    if join_ref is not None and type(join_ref) is not str:
-        join_ref = _coerce_ref(join_ref, "join_ref")
-    if ref is not None and type(ref) is not str:
-        ref = _coerce_ref(ref, "ref")
     return Message(join_ref, ref, topic, event, payload)
+
+
+# orjson encodes integers in [-2**63, 2**64 - 1]; msgspec decodes any size.
+_INT_MIN = -(1 << 63)
+_INT_MAX = (1 << 64) - 1
+
+
+def _widen(value: Any) -> Any:
+    """A copy of ``value`` in which integers beyond orjson's 64 bits are raw JSON numbers."""
+    if isinstance(value, int):
+        if _INT_MIN <= value <= _INT_MAX:
+            return value
+        return orjson.Fragment(str(int(value)))
+    if isinstance(value, dict):
+        return {k: _widen(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_widen(v) for v in value]
+    return value
+
+
+def _dumps_slow(value: Any, what: str, exc: Exception) -> bytes:
+    """orjson refused ``value``: encode it again with integers beyond 64 bits as raw JSON
+    numbers (Phoenix sends them exactly); if that was not the reason, raise EncodeError.
+    Only ever reached from an encoder's ``except``: the common path pays nothing."""
+    try:
+        return _dumps(_widen(value))
+    except (_JSONEncodeError, ValueError, RecursionError):
+        # ValueError: an int too long for str() (Python's 4300-digit limit).
+        raise EncodeError(f"{what} is not JSON serializable: {exc}") from exc
+
+
+def _ref_field(value: Ref, name: str) -> bytes:
+    """A ref in a binary header: as text, like Elixir's ``to_string`` in Phoenix's serializer
+    (``1`` becomes ``"1"``, ``true`` ``"true"``); ``None`` is the empty field."""
+    if value is None or isinstance(value, str):
+        return _field(value, name)
+    if isinstance(value, bool):
+        return b"true" if value else b"false"
+    if isinstance(value, float):
+        return _field(_dumps(value).decode(), name)
+    if isinstance(value, int):
+        if value.bit_length() > 1000:  # over 300 digits (and str() could refuse it)
+            raise EncodeError(
+                f"unable to convert {name} to binary: must be less than or equal to "
+                f"{_MAX_FIELD} bytes, but is an integer of over 300 digits"
+            )
+        return _field(str(value), name)
+    raise EncodeError(
+        f"{name} must be a string, number, boolean or None in a binary frame, "
+        f"got {_json_type(value)}"
+    )
 
 
 def _field(value: str | None, name: str) -> bytes:
@@ -230,8 +291,8 @@ class V2JSONSerializer:
         """Decode a client frame.
 
         Text frames must be JSON arrays of at least five elements (extra ones are ignored);
-        integer refs are converted to strings. Binary frames must be client pushes (kind 0);
-        their payload is returned as ``bytes`` and empty refs as ``None``.
+        refs are returned as decoded (any JSON value). Binary frames must be client pushes
+        (kind 0); their payload is returned as ``bytes`` and empty refs as ``None``.
         """
         if binary:
             return _decode_client_push(data)
@@ -246,45 +307,42 @@ class V2JSONSerializer:
                 f"V2 text frame must have 5 elements [join_ref, ref, topic, event, payload], "
                 f"got {len(msg)}"
             )
-        join_ref, ref, topic, event = msg[0], msg[1], msg[2], msg[3]
-        if (
-            type(topic) is str
-            and type(event) is str
-            and (type(ref) is str or ref is None)
-            and (type(join_ref) is str or join_ref is None)
-        ):
-            return Message(join_ref, ref, topic, event, msg[4])
-        return _message(join_ref, ref, topic, event, msg[4])
+        topic, event = msg[2], msg[3]
+        if type(topic) is str and type(event) is str:
+            return Message(msg[0], msg[1], topic, event, msg[4])
+        return _message(msg[0], msg[1], topic, event, msg[4])
 
     def encode(
-        self, join_ref: str | None, ref: str | None, topic: str, event: str, payload: Any
+        self, join_ref: Ref, ref: Ref, topic: str, event: str, payload: Any
     ) -> tuple[bool, bytes]:
         """Encode a push; a bytes-like payload becomes a binary push (kind 0, no ref)."""
         if isinstance(payload, dict):
+            msg = [join_ref, ref, topic, event, payload]
             try:
-                return False, _dumps([join_ref, ref, topic, event, payload])
+                return False, _dumps(msg)
             except _JSONEncodeError as exc:
-                raise EncodeError(f"payload is not JSON serializable: {exc}") from exc
+                return False, _dumps_slow(msg, "payload", exc)
         if isinstance(payload, _BINARY):
-            fields = (_field(join_ref, "join_ref"), _field(topic, "topic"), _field(event, "event"))
+            fields = (
+                _ref_field(join_ref, "join_ref"), _field(topic, "topic"), _field(event, "event")
+            )
             return True, _frame(_PUSH, fields, payload)
         raise _not_a_map("payload", payload)
 
     def encode_reply(
-        self, join_ref: str | None, ref: str | None, topic: str, status: str, response: Any
+        self, join_ref: Ref, ref: Ref, topic: str, status: str, response: Any
     ) -> tuple[bool, bytes]:
         """Encode a ``phx_reply``; a bytes-like response becomes a binary reply (kind 1)."""
         if isinstance(response, dict):
+            msg = [join_ref, ref, topic, _REPLY_EVENT, {"status": status, "response": response}]
             try:
-                return False, _dumps(
-                    [join_ref, ref, topic, _REPLY_EVENT, {"status": status, "response": response}]
-                )
+                return False, _dumps(msg)
             except _JSONEncodeError as exc:
-                raise EncodeError(f"response is not JSON serializable: {exc}") from exc
+                return False, _dumps_slow(msg, "response", exc)
         if isinstance(response, _BINARY):
             fields = (
-                _field(join_ref, "join_ref"),
-                _field(ref, "ref"),
+                _ref_field(join_ref, "join_ref"),
+                _ref_field(ref, "ref"),
                 _field(topic, "topic"),
                 _field(status, "status"),
             )
@@ -294,10 +352,11 @@ class V2JSONSerializer:
     def encode_broadcast(self, topic: str, event: str, payload: Any) -> tuple[bool, bytes]:
         """Encode a fastlane broadcast; a bytes-like payload becomes kind 2."""
         if isinstance(payload, dict):
+            msg = [None, None, topic, event, payload]
             try:
-                return False, _dumps([None, None, topic, event, payload])
+                return False, _dumps(msg)
             except _JSONEncodeError as exc:
-                raise EncodeError(f"payload is not JSON serializable: {exc}") from exc
+                return False, _dumps_slow(msg, "payload", exc)
         if isinstance(payload, _BINARY):
             fields = (_field(topic, "topic"), _field(event, "event"))
             return True, _frame(_BROADCAST, fields, payload)
@@ -315,13 +374,16 @@ class V1JSONSerializer:
     supports_binary: bool = False
 
     def decode(self, data: bytes | str, binary: bool) -> Message:
-        """Decode a client text frame; ``join_ref`` is optional, integer refs become strings."""
-        if binary:
-            raise DecodeError("binary frames are not supported by the V1 serializer")
+        """Decode a client frame; ``join_ref`` is optional, refs are returned as decoded.
+
+        Text and binary frames alike hold the JSON object, as in Phoenix's V1 serializer
+        (which ignores the opcode).
+        """
         try:
             msg = _loads(data)
         except _JSONDecodeError as exc:
-            raise DecodeError(f"text frame is not valid UTF-8 JSON: {exc}") from None
+            kind = "binary" if binary else "text"
+            raise DecodeError(f"{kind} frame is not valid UTF-8 JSON: {exc}") from None
         if type(msg) is not dict:
             raise DecodeError(f"V1 text frame must be a JSON object, got {_json_type(msg)}")
         try:
@@ -334,32 +396,34 @@ class V1JSONSerializer:
         return _message(msg.get("join_ref"), ref, topic, event, payload)
 
     def encode(
-        self, join_ref: str | None, ref: str | None, topic: str, event: str, payload: Any
+        self, join_ref: Ref, ref: Ref, topic: str, event: str, payload: Any
     ) -> tuple[bool, bytes]:
         """Encode a push; ``join_ref`` is dropped because V1 never emits it."""
         if isinstance(payload, dict):
+            msg = {"topic": topic, "event": event, "payload": payload, "ref": ref}
             try:
-                return False, _dumps(
-                    {"topic": topic, "event": event, "payload": payload, "ref": ref}
-                )
+                return False, _dumps(msg)
             except _JSONEncodeError as exc:
-                raise EncodeError(f"payload is not JSON serializable: {exc}") from exc
+                return False, _dumps_slow(msg, "payload", exc)
         if isinstance(payload, _BINARY):
             raise EncodeError("binary payloads are not supported by the V1 serializer")
         raise _not_a_map("payload", payload)
 
     def encode_reply(
-        self, join_ref: str | None, ref: str | None, topic: str, status: str, response: Any
+        self, join_ref: Ref, ref: Ref, topic: str, status: str, response: Any
     ) -> tuple[bool, bytes]:
         """Encode a ``phx_reply``; ``join_ref`` is dropped."""
         if isinstance(response, dict):
-            payload = {"status": status, "response": response}
+            msg = {
+                "topic": topic,
+                "event": _REPLY_EVENT,
+                "payload": {"status": status, "response": response},
+                "ref": ref,
+            }
             try:
-                return False, _dumps(
-                    {"topic": topic, "event": _REPLY_EVENT, "payload": payload, "ref": ref}
-                )
+                return False, _dumps(msg)
             except _JSONEncodeError as exc:
-                raise EncodeError(f"response is not JSON serializable: {exc}") from exc
+                return False, _dumps_slow(msg, "response", exc)
         if isinstance(response, _BINARY):
             raise EncodeError("binary payloads are not supported by the V1 serializer")
         raise _not_a_map("response", response)
@@ -417,15 +481,15 @@ def serializer_for_vsn(vsn: str | None) -> Serializer | None:
 
 
 def encode_client_binary_push(
-    join_ref: str | None, ref: str | None, topic: str, event: str, payload: bytes
+    join_ref: Ref, ref: Ref, topic: str, event: str, payload: bytes
 ) -> bytes:
     """Build a client->server binary push (kind 0, 5-byte header) as phoenix.js does.
 
     ``None`` refs become empty fields, which the server decodes back to ``None``.
     """
     fields = (
-        _field(join_ref, "join_ref"),
-        _field(ref, "ref"),
+        _ref_field(join_ref, "join_ref"),
+        _ref_field(ref, "ref"),
         _field(topic, "topic"),
         _field(event, "event"),
     )

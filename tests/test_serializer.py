@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import example, given
@@ -168,7 +169,7 @@ def test_v1_decode_missing_key(key: str) -> None:
         V1.decode(orjson.dumps(msg), False)
 
 
-def test_v1_has_no_binary() -> None:
+def test_v1_has_no_binary_format() -> None:
     assert not V1.supports_binary and V2.supports_binary
     with pytest.raises(EncodeError, match="binary"):
         V1.encode("1", "1", "t", "e", b"x")
@@ -176,8 +177,17 @@ def test_v1_has_no_binary() -> None:
         V1.encode_reply("1", "1", "t", "ok", b"x")
     with pytest.raises(EncodeError, match="binary"):
         V1.encode_broadcast("t", "e", b"x")
-    with pytest.raises(DecodeError, match="V1"):
+    # Phoenix's V1 serializer ignores the opcode: a binary frame is JSON like a text frame.
+    with pytest.raises(DecodeError, match="binary frame is not valid UTF-8 JSON"):
         V1.decode(encode_client_binary_push("1", "1", "t", "e", b""), True)
+
+
+def test_v1_decodes_json_from_binary_frames() -> None:
+    frame = b'{"topic":"t","event":"e","payload":{"a":1},"ref":"2","join_ref":"1"}'
+    assert V1.decode(frame, True) == V1.decode(frame, False) == Message(
+        "1", "2", "t", "e", {"a": 1}
+    )
+    assert V1.decode(bytearray(frame), True) == Message("1", "2", "t", "e", {"a": 1})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -196,7 +206,9 @@ def test_non_dict_payload_raises(ser: Serializer, bad: Any) -> None:
 
 
 @pytest.mark.parametrize("ser", SERIALIZERS)
-@pytest.mark.parametrize("bad", [{"s": {1, 2}}, {1: "non-str key"}, {"big": 2**64}])
+@pytest.mark.parametrize(
+    "bad", [{"s": {1, 2}}, {1: "non-str key"}, {"big": [2**64, {"s": {1}}]}, {"i": 10**5000}]
+)
 def test_unserializable_payload_raises_encode_error(ser: Serializer, bad: Any) -> None:
     with pytest.raises(EncodeError):
         ser.encode(None, None, "t", "e", bad)
@@ -261,11 +273,108 @@ def test_error_hierarchy() -> None:
 # decode validation
 
 
-def test_int_refs_become_strings() -> None:
-    assert V2.decode(b'[11,1,"t","e",{}]', False) == Message("11", "1", "t", "e", {})
-    assert V1.decode(
-        b'{"topic":"t","event":"e","payload":{},"ref":1,"join_ref":11}', False
-    ) == Message("11", "1", "t", "e", {})
+def test_refs_keep_their_json_type() -> None:
+    # Phoenix echoes the decoded value: an integer ref comes back an integer.
+    assert V2.decode(b'[11,1,"t","e",{}]', False) == Message(11, 1, "t", "e", {})
+    msg = V1.decode(b'{"topic":"t","event":"e","payload":{},"ref":1,"join_ref":11}', False)
+    assert msg == Message(11, 1, "t", "e", {})
+    assert type(msg.ref) is int and type(msg.join_ref) is int
+    assert V2.encode_reply(11, 1, "t", "ok", {}) == (
+        False, b'[11,1,"t","phx_reply",{"status":"ok","response":{}}]'
+    )
+    assert V1.encode_reply(11, 1, "t", "ok", {}) == (
+        False, b'{"topic":"t","event":"phx_reply","payload":{"status":"ok","response":{}},"ref":1}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("ref", "text"),
+    [
+        (True, b"true"),
+        (False, b"false"),
+        (1.5, b"1.5"),
+        (-0.0, b"-0.0"),
+        (1e300, b"1e+300"),
+        ({}, b"{}"),
+        ({"a": [1, "x"]}, b'{"a":[1,"x"]}'),
+        ([], b"[]"),
+        ([1, 2], b"[1,2]"),
+        ("", b'""'),
+        (0, b"0"),
+        (2**64, b"18446744073709551616"),
+        (-(2**63) - 1, b"-9223372036854775809"),
+        (123456789012345678901234567890, b"123456789012345678901234567890"),
+    ],
+)
+def test_any_json_ref_is_echoed(ref: Any, text: bytes) -> None:
+    frame = b"[" + text + b"," + text + b',"t","e",{}]'
+    msg = V2.decode(frame, False)
+    assert msg == Message(ref, ref, "t", "e", {})
+    assert type(msg.ref) is type(ref) and type(msg.join_ref) is type(ref)
+    _, reply = V2.encode_reply(msg.join_ref, msg.ref, "t", "ok", {})
+    assert reply == b"[" + text + b"," + text + b',"t","phx_reply",{"status":"ok","response":{}}]'
+    v1 = V1.decode(b'{"topic":"t","event":"e","payload":{},"ref":' + text + b"}", False)
+    assert v1 == Message(None, ref, "t", "e", {}) and type(v1.ref) is type(ref)
+    _, reply = V1.encode_reply(None, v1.ref, "t", "ok", {})
+    assert reply.endswith(b',"ref":' + text + b"}")
+
+
+@pytest.mark.parametrize(
+    ("ref", "field"),
+    [(1, b"1"), (2**64, b"18446744073709551616"), (True, b"true"), (False, b"false"),
+     (1.5, b"1.5"), ("7", b"7"), (None, b"")],
+)
+def test_non_string_refs_in_binary_frames_are_text(ref: Any, field: bytes) -> None:
+    # Phoenix's V2 serializer writes to_string(ref) into a binary header.
+    _, frame = V2.encode_reply(ref, ref, "t", "ok", b"\x01")
+    n = len(field)
+    assert frame == bytes([1, n, n, 1, 2]) + field + field + b"tok\x01"
+    _, frame = V2.encode(ref, None, "t", "e", b"\x01")
+    assert frame == bytes([0, n, 1, 1]) + field + b"te\x01"
+
+
+@pytest.mark.parametrize("ref", [{}, [1], 10**400])
+def test_unrepresentable_refs_in_binary_frames_raise(ref: Any) -> None:
+    with pytest.raises(EncodeError):
+        V2.encode_reply(ref, "1", "t", "ok", b"")
+
+
+BIG = 18446744073709551616  # 2**64: one past orjson's range
+
+
+@pytest.mark.parametrize("ser", SERIALIZERS)
+@pytest.mark.parametrize(
+    "value", [BIG, -BIG, -(2**63) - 1, 2**64 - 1, -(2**63), 10**300, -(10**4000)]
+)
+def test_big_ints_are_exact(ser: Serializer, value: int) -> None:
+    payload = {"n": value, "nested": [{"m": value}], "t": (value,)}
+    expected = {"n": value, "nested": [{"m": value}], "t": [value]}
+    for is_binary, frame in (
+        ser.encode(1, 2, "t", "e", payload),
+        ser.encode_broadcast("t", "e", payload),
+        ser.encode_reply(1, 2, "t", "ok", payload),
+    ):
+        assert not is_binary
+        assert str(value).encode() in frame
+        decoded = ser.decode(frame, False).payload
+        assert decoded.get("response", decoded) == expected
+    # The user-reported case: the payload comes back exactly as sent.
+    frame = b'["1","2","t","e",{"n":' + str(value).encode() + b"}]"
+    msg = V2.decode(frame, False)
+    assert type(msg.payload["n"]) is int and msg.payload["n"] == value
+    assert V2.encode_reply(msg.join_ref, msg.ref, "t", "ok", msg.payload)[1] == (
+        b'["1","2","t","phx_reply",{"status":"ok","response":{"n":' + str(value).encode() + b"}}]"
+    )
+
+
+def test_ints_past_pythons_digit_limit_are_decode_errors() -> None:
+    with pytest.raises(DecodeError):
+        V2.decode(b'["1","2","t","e",{"n":' + b"9" * 5000 + b"}]", False)
+
+
+def test_deep_nesting_is_a_decode_error() -> None:
+    with pytest.raises(DecodeError):
+        V2.decode("[" * 1500 + "]" * 1500, False)
 
 
 def test_extra_v2_elements_ignored_and_any_payload_returned() -> None:
@@ -288,10 +397,7 @@ def test_extra_v2_elements_ignored_and_any_payload_returned() -> None:
         (b'["1","2","t","e"]', "5 elements"),
         (b'["1","2",3,"e",{}]', "topic"),
         (b'["1","2","t",null,{}]', "event"),
-        (b'[true,"2","t","e",{}]', "join_ref"),
-        (b'["1",1.5,"t","e",{}]', "ref"),
-        (b'["1",{},"t","e",{}]', "ref"),
-        (b'["1",123456789012345678901234567890,"t","e",{}]', "ref"),
+        (b'[true,1.5,2,"e",{}]', "topic"),
     ],
 )
 def test_v2_decode_errors(frame: bytes | str, match: str) -> None:
@@ -305,8 +411,7 @@ def test_v2_decode_errors(frame: bytes | str, match: str) -> None:
         (b"[]", "object"),
         (b"not json", "JSON"),
         (b'{"topic":1,"event":"e","payload":{},"ref":null}', "topic"),
-        (b'{"topic":"t","event":"e","payload":{},"ref":false}', "ref"),
-        (b'{"topic":"t","event":"e","payload":{},"ref":null,"join_ref":[]}', "join_ref"),
+        (b'{"topic":"t","event":[],"payload":{},"ref":false}', "event"),
     ],
 )
 def test_v1_decode_errors(frame: bytes, match: str) -> None:
@@ -408,17 +513,34 @@ def test_singletons() -> None:
 # hypothesis properties
 
 texts = st.text(st.characters(exclude_categories=("Cs",)))  # orjson rejects lone surrogates
-refs = st.none() | texts
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | texts,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(texts, children, max_size=4),
-    max_leaves=12,
+# Integers of any size, with the edges of orjson's 64-bit range and far past them.
+any_ints = (
+    st.integers()
+    | st.integers(min_value=2**64 - 2, max_value=2**64 + 1)
+    | st.integers(min_value=-(2**63) - 1, max_value=-(2**63) + 1)
+    | st.integers(min_value=2**64, max_value=10**200)
+    | st.integers(min_value=-(10**200), max_value=-(2**63) - 1)
 )
+ints64 = st.integers(min_value=-(2**63), max_value=2**64 - 1)
+# Refs as clients send them: phoenix.js strings, other clients' integers (echoed as such).
+refs = st.none() | texts | any_ints
+
+
+def _json(ints: st.SearchStrategy[int]) -> st.SearchStrategy[Any]:
+    return st.recursive(
+        st.none() | st.booleans() | ints | st.floats(allow_nan=False, allow_infinity=False)
+        | texts,
+        lambda children: st.lists(children, max_size=4)
+        | st.dictionaries(texts, children, max_size=4),
+        max_leaves=12,
+    )
+
+
+json_values = _json(any_ints)
+json_values64 = _json(ints64)  # what orjson itself encodes
 json_maps = st.dictionaries(texts, json_values, max_size=5)
+# Any JSON value is a ref to Phoenix, and is echoed.
+any_refs = st.none() | json_values
 
 
 def _short(max_bytes: int = 255) -> st.SearchStrategy[str]:
@@ -429,35 +551,91 @@ short = _short()
 short_refs = st.none() | short
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Equal and of the same JSON types throughout (1 is not 1.0 nor True)."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(_same(v, b[k]) for k, v in a.items())
+    if type(a) is list:
+        return len(a) == len(b) and all(map(_same, a, b))
+    return bool(a == b)
+
+
+def _same_msg(a: Message, b: Message) -> bool:
+    return a == b and all(
+        _same(getattr(a, f), getattr(b, f)) for f in ("join_ref", "ref", "topic", "event",
+                                                       "payload")
+    )
+
+
 @given(refs, refs, texts, texts, json_maps)
+@example(1, 2**64, "t", "e", {"n": 2**64, "m": [-(2**63) - 1]})
 def test_v2_json_round_trip(
-    join_ref: str | None, ref: str | None, topic: str, event: str, payload: dict[str, Any]
+    join_ref: Any, ref: Any, topic: str, event: str, payload: dict[str, Any]
 ) -> None:
     is_binary, frame = V2.encode(join_ref, ref, topic, event, payload)
     assert not is_binary
+    expected = Message(join_ref, ref, topic, event, payload)
+    assert _same_msg(V2.decode(frame, False), expected)
+    assert _same_msg(decode_server_frame(frame, False), expected)
+
+
+@given(st.none() | texts | ints64, st.none() | texts | ints64, texts, texts,
+       st.dictionaries(texts, json_values64, max_size=5))
+def test_v2_json_fast_path_is_plain_orjson(
+    join_ref: Any, ref: Any, topic: str, event: str, payload: dict[str, Any]
+) -> None:
+    # Within orjson's range the frames are orjson's own bytes, and decoding them (msgspec)
+    # gives back exactly what orjson was given.
+    _, frame = V2.encode(join_ref, ref, topic, event, payload)
     assert frame == orjson.dumps([join_ref, ref, topic, event, payload])
-    assert V2.decode(frame, False) == Message(join_ref, ref, topic, event, payload)
-    assert decode_server_frame(frame, False) == Message(join_ref, ref, topic, event, payload)
+    assert _same_msg(V2.decode(frame, False), Message(join_ref, ref, topic, event, payload))
+
+
+@given(json_values)
+def test_any_json_value_decodes_as_orjson_or_exactly(value: Any) -> None:
+    _, frame = V2.encode(None, None, "t", "e", {"v": value})
+    decoded = V2.decode(frame, False).payload["v"]
+    assert _same(decoded, value)
+    try:
+        plain = orjson.loads(frame)[4]["v"]
+    except orjson.JSONDecodeError:
+        return  # an integer orjson cannot even approximate
+    if _same(plain, value):  # no integer past 64 bits in it: both decoders agree
+        assert _same(decoded, plain)
+
+
+@given(any_refs, any_refs, texts, texts, json_maps)
+def test_any_refs_round_trip(
+    join_ref: Any, ref: Any, topic: str, event: str, payload: dict[str, Any]
+) -> None:
+    for ser, jr in ((V2, join_ref), (V1, None)):
+        _, frame = ser.encode_reply(join_ref, ref, topic, "ok", payload)
+        body = {"status": "ok", "response": payload}
+        assert _same_msg(ser.decode(frame, False), Message(jr, ref, topic, "phx_reply", body))
 
 
 @given(refs, refs, texts, texts, json_maps)
 def test_v1_json_round_trip_drops_join_ref(
-    join_ref: str | None, ref: str | None, topic: str, event: str, payload: dict[str, Any]
+    join_ref: Any, ref: Any, topic: str, event: str, payload: dict[str, Any]
 ) -> None:
     is_binary, frame = V1.encode(join_ref, ref, topic, event, payload)
     assert not is_binary
-    assert V1.decode(frame, False) == Message(None, ref, topic, event, payload)
+    expected = Message(None, ref, topic, event, payload)
+    assert _same_msg(V1.decode(frame, False), expected)
+    assert _same_msg(V1.decode(frame, True), expected)  # JSON in a binary frame: the same
 
 
 @given(refs, refs, texts, texts, json_maps)
 def test_reply_json_round_trip(
-    join_ref: str | None, ref: str | None, topic: str, status: str, response: dict[str, Any]
+    join_ref: Any, ref: Any, topic: str, status: str, response: dict[str, Any]
 ) -> None:
     body = {"status": status, "response": response}
     _, frame = V2.encode_reply(join_ref, ref, topic, status, response)
-    assert V2.decode(frame, False) == Message(join_ref, ref, topic, "phx_reply", body)
+    assert _same_msg(V2.decode(frame, False), Message(join_ref, ref, topic, "phx_reply", body))
     _, frame = V1.encode_reply(join_ref, ref, topic, status, response)
-    assert V1.decode(frame, False) == Message(None, ref, topic, "phx_reply", body)
+    assert _same_msg(V1.decode(frame, False), Message(None, ref, topic, "phx_reply", body))
 
 
 def _none_if_empty(value: str | None) -> str | None:
@@ -503,13 +681,14 @@ def _decode_or_decode_error(decode: Any, data: bytes | str, binary: bool) -> Non
         return
     assert isinstance(msg, Message)
     assert type(msg.topic) is str and type(msg.event) is str
-    assert msg.join_ref is None or type(msg.join_ref) is str
-    assert msg.ref is None or type(msg.ref) is str
+    # Refs are any JSON value (echoed as decoded); binary frames' refs are strings.
+    if binary and isinstance(data, bytes | bytearray) and data[:1] in (b"\x00", b"\x01"):
+        assert msg.join_ref is None or type(msg.join_ref) is str
 
 
 # Mostly-valid inputs reach deeper branches than uniformly random bytes.
 near_json = st.builds(
-    lambda xs: orjson.dumps(xs),
+    lambda xs: msgspec.json.encode(xs),  # integers of any size, unlike orjson
     st.lists(json_values | st.integers(-(2**63), 2**63 - 1), max_size=7)
     | st.dictionaries(
         st.sampled_from(["topic", "event", "payload", "ref", "join_ref"]), json_values
@@ -529,6 +708,9 @@ fuzz_inputs = st.binary() | st.text() | near_json | near_binary
 @example("\ud800", False)
 @example("[" * 5000, False)
 @example(b'[1e400,"1","t","e",{}]', False)
+@example(b'[18446744073709551616,"1","t","e",{}]', False)
+@example(b'{"topic":"t","event":"e","payload":{},"ref":1}', True)
+@example("[" * 1200 + "]" * 1200, False)
 def test_decode_raises_only_decode_error(data: bytes | str, binary: bool) -> None:
     _decode_or_decode_error(V2.decode, data, binary)
     _decode_or_decode_error(V1.decode, data, binary)

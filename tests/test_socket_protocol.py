@@ -225,10 +225,11 @@ async def test_binary_push_reply_and_broadcast(endpoint: Endpoint) -> None:
         assert [None, None, "room:bin", "bin", b"\xff"] in got
 
 
-async def test_binary_frame_on_v1_closes_1003(endpoint: Endpoint) -> None:
+async def test_binary_push_on_v1_is_malformed_json_1007(endpoint: Endpoint) -> None:
+    # V1 reads JSON from binary frames too (as Phoenix does): a V2 binary push is not JSON.
     async with connect(endpoint.port, "1.0.0") as c:  # type: ignore[attr-defined]
         await c.send_raw(b"\x00\x01\x01\x01\x01abcdpayload")
-        assert await c.closed() == 1003
+        assert await c.closed() == 1007
 
 
 async def test_disconnect_broadcast_closes_user_sockets(endpoint: Endpoint) -> None:
