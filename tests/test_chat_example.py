@@ -1,5 +1,6 @@
 """The example chat app, run as its own process: its page, its static files, its channel,
-and its presence (who is online, per room)."""
+its history (the runtime's: recent messages on a first join, what was missed on a rejoin) and
+its presence (who is online, per room)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from trio_websocket import ConnectionRejected
 
 from channels import LocalAdapter
+from channels.history import History
 from examples.chat import app as chat
 from presence import Presence
 from tests.support.client import RawClient, connect
@@ -63,8 +66,17 @@ def test_app_js_loads_phoenix_from_the_server(server: ServerProcess) -> None:
     assert status == 200
     assert ctype.split(";")[0] in ("text/javascript", "application/javascript")
     assert b'import {Presence, Socket} from "/js/phoenix.mjs";' in body
+    assert b'import {recoverable} from "/trio-channels/history.js";' in body
     assert b'new Socket("/socket")' in body
+    assert b"initial: RECENT" in body and b"const RECENT = 50;" in body
     assert b"innerHTML" not in body  # user text is only ever set with textContent
+
+
+def test_history_js_is_the_runtime_helper(server: ServerProcess) -> None:
+    status, ctype, body = get(server, "/trio-channels/history.js")
+    assert status == 200
+    assert ctype.split(";")[0] in ("text/javascript", "application/javascript")
+    assert body == (ROOT / "channels/static/history.js").read_bytes()
 
 
 def test_style_css(server: ServerProcess) -> None:
@@ -112,6 +124,16 @@ async def join(c: RawClient, topic: str, params: dict[str, Any], ref: str = "1")
     return await c.join(topic, ref, ref, params)
 
 
+RECENT = {"phx_pos": {"last": 50}}  # what the page sends on a first join
+
+
+def recovery(reply: list[Any]) -> dict[str, Any]:
+    """The ``phx_recovery`` of a join reply."""
+    assert reply[3] == "phx_reply" and reply[4]["status"] == "ok", reply
+    info: dict[str, Any] = reply[4]["response"]["phx_recovery"]
+    return info
+
+
 PRESENCE_EVENTS = ("presence_state", "presence_diff")
 
 
@@ -125,14 +147,16 @@ async def recv_chat(c: RawClient) -> list[Any]:
 
 async def test_chat_over_a_raw_websocket(server: ServerProcess) -> None:
     async with connect(server.port, V2) as ada, connect(server.port, V2) as bob:
-        assert await join(ada, "room:lobby", {"user": "  Ada "}) == [
-            "1", "1", "room:lobby", "phx_reply",
-            {"status": "ok", "response": {"user": "Ada", "room": "lobby"}}]
-        hist = await ada.recv()  # right after the join reply, before presence
-        assert hist[:4] == ["1", None, "room:lobby", "history"]
-        assert isinstance(hist[4]["messages"], list)
-        await join(bob, "room:lobby", {"user": "Bob"})
-        await bob.recv_until("history")
+        reply = await join(ada, "room:lobby", {"user": "  Ada ", **RECENT})
+        info = recovery(reply)
+        assert reply == ["1", "1", "room:lobby", "phx_reply", {"status": "ok", "response": {
+            "user": "Ada", "room": "lobby", "phx_recovery": {
+                "recovered": False, "epoch": info["epoch"], "offset": info["offset"],
+                "replayed": min(info["offset"], 50)}}}]
+        assert isinstance(info["epoch"], str) and info["epoch"]
+        for _ in range(info["replayed"]):  # earlier tests' messages in this room
+            assert (await ada.recv())[3] == "new_msg"
+        await join(bob, "room:lobby", {"user": "Bob"})  # no phx_pos: nothing replayed
 
         await ada.send("1", "2", "room:lobby", "new_msg", {"body": "  hello, <b>world</b>  "})
         got = [await recv_chat(ada), await recv_chat(ada)]
@@ -144,13 +168,21 @@ async def test_chat_over_a_raw_websocket(server: ServerProcess) -> None:
         assert msg["user"] == "Ada" and msg["body"] == "hello, <b>world</b>"
         assert isinstance(msg["at"], int) and msg["at"] > 1_600_000_000_000  # ms since epoch
         assert msg["id"] == reply[4]["response"]["id"]
+        # its position in the room's history: the next offset of the stream Ada joined
+        assert msg["phx_pos"] == {"offset": info["offset"] + 1, "epoch": info["epoch"]}
+        assert set(msg) == {"id", "user", "body", "at", "phx_pos"}
         assert await recv_chat(bob) == pushed
 
-    # a later visitor gets it as history, oldest first
+    # a later visitor asking for the recent messages gets it replayed, last, right after the
+    # join reply (before presence)
     async with connect(server.port, V2) as cy:
-        await join(cy, "room:lobby", {"user": "Cy"})
-        hist = await cy.recv_until("history")
-        assert hist[4]["messages"][-1] == msg
+        info = recovery(await join(cy, "room:lobby", {"user": "Cy", **RECENT}))
+        assert info["offset"] == msg["phx_pos"]["offset"] and info["replayed"] >= 1
+        replayed = [await cy.recv() for _ in range(info["replayed"])]
+        assert all(m[:4] == [None, None, "room:lobby", "new_msg"] for m in replayed)
+        assert replayed[-1][4] == msg
+        offsets = [m[4]["phx_pos"]["offset"] for m in replayed]
+        assert offsets == list(range(offsets[0], msg["phx_pos"]["offset"] + 1))
 
 
 REFUSED_JOINS: list[tuple[str, dict[str, Any], str]] = [
@@ -181,8 +213,8 @@ async def test_refused_joins(server: ServerProcess) -> None:
 
 async def test_invalid_messages_are_refused_with_a_reason(server: ServerProcess) -> None:
     async with connect(server.port, V2) as c:
-        await join(c, "room:invalid-msgs", {"user": "Ada"})
-        assert (await c.recv())[4] == {"messages": []}  # a fresh room has no history
+        info = recovery(await join(c, "room:invalid-msgs", {"user": "Ada", **RECENT}))
+        assert (info["offset"], info["replayed"]) == (0, 0)  # a fresh room has no history
         for ref, (event, payload, reason) in enumerate([
             ("new_msg", {"body": ""}, "message is empty"),
             ("new_msg", {"body": " \n\t "}, "message is empty"),
@@ -199,18 +231,101 @@ async def test_invalid_messages_are_refused_with_a_reason(server: ServerProcess)
         assert {m[3] for m in got} == {"phx_reply", "new_msg"}
 
 
-async def test_history_keeps_the_last_50(server: ServerProcess) -> None:
+async def replayed_bodies(c: RawClient, info: dict[str, Any]) -> list[str]:
+    """The bodies of the ``replayed`` messages that follow a join reply, checked in order."""
+    msgs = [await c.recv() for _ in range(info["replayed"])]
+    assert all(m[3] == "new_msg" for m in msgs), msgs
+    offsets = [m[4]["phx_pos"]["offset"] for m in msgs]
+    assert offsets == list(range(info["offset"] - len(msgs) + 1, info["offset"] + 1)), offsets
+    return [m[4]["body"] for m in msgs]
+
+
+async def send_all(c: RawClient, topic: str, bodies: list[str]) -> list[dict[str, Any]]:
+    """Send these messages one by one; the broadcasts this client got back, in order."""
+    got: list[dict[str, Any]] = []
+    for i, body in enumerate(bodies):
+        await c.send("1", f"s{i}", topic, "new_msg", {"body": body})
+        while len(got) < i + 1:
+            m = await recv_chat(c)
+            if m[3] == "new_msg":
+                got.append(m[4])
+            else:
+                assert m[4]["status"] == "ok", m
+    return got
+
+
+async def test_history_keeps_the_last_100_and_a_first_join_gets_the_last_50(
+        server: ServerProcess) -> None:
+    topic = "room:history"
     async with connect(server.port, V2) as c:
-        await join(c, "room:history", {"user": "Ada"})
-        await c.recv_until("history")
-        for i in range(60):
-            await c.send("1", str(i + 2), "room:history", "new_msg", {"body": f"m{i}"})
-        for _ in range(120):
-            await recv_chat(c)
+        await join(c, topic, {"user": "Ada", **RECENT})
+        sent = await send_all(c, topic, [f"m{i}" for i in range(120)])
+    assert [m["body"] for m in sent] == [f"m{i}" for i in range(120)]
+    assert [m["phx_pos"]["offset"] for m in sent] == list(range(1, 121))
     async with connect(server.port, V2) as c:
-        await join(c, "room:history", {"user": "Bob"})
-        hist = (await c.recv_until("history"))[4]["messages"]
-        assert [m["body"] for m in hist] == [f"m{i}" for i in range(10, 60)]
+        info = recovery(await join(c, topic, {"user": "Bob", **RECENT}))
+        assert info == {"recovered": False, "epoch": sent[0]["phx_pos"]["epoch"],
+                        "offset": 120, "replayed": 50}
+        assert await replayed_bodies(c, info) == [f"m{i}" for i in range(70, 120)]
+    async with connect(server.port, V2) as c:  # asking for more gets what the room keeps
+        info = recovery(await join(c, topic, {"user": "Cy", "phx_pos": {"last": 500}}))
+        assert await replayed_bodies(c, info) == [f"m{i}" for i in range(20, 120)]
+
+
+async def test_a_rejoin_gets_what_it_missed_once_in_order(server: ServerProcess) -> None:
+    topic = "room:recovery"
+    async with connect(server.port, V2) as ada:
+        await join(ada, topic, {"user": "Ada", **RECENT})
+        async with connect(server.port, V2) as bob:
+            await join(bob, topic, {"user": "Bob", **RECENT})
+            seen = await send_all(ada, topic, ["before 1", "before 2"])
+            assert [await recv_chat(bob) for _ in range(2)] == [
+                [None, None, topic, "new_msg", m] for m in seen]
+        last = seen[-1]["phx_pos"]
+        # Bob's connection is gone; Ada goes on
+        await send_all(ada, topic, ["missed 1", "missed 2", "missed 3"])
+        async with connect(server.port, V2) as bob:
+            info = recovery(await join(bob, topic, {"user": "Bob", "phx_pos": last}))
+            assert info == {"recovered": True, "epoch": last["epoch"],
+                            "offset": last["offset"] + 3, "replayed": 3}
+            assert await replayed_bodies(bob, info) == ["missed 1", "missed 2", "missed 3"]
+            live = await send_all(ada, topic, ["live"])
+            # then live, and nothing twice
+            assert await recv_chat(bob) == [None, None, topic, "new_msg", live[0]]
+            await bob.send("1", "9", topic, "new_msg", {"body": "bob is back"})
+            got = [await recv_chat(bob), await recv_chat(bob)]
+            assert sorted(m[3] for m in got) == ["new_msg", "phx_reply"], got
+
+        # a position the history no longer covers, or from another epoch: not recovered, the
+        # reason says why, nothing is replayed (the page then joins again for the recent ones)
+        async with connect(server.port, V2) as bob:
+            await send_all(ada, topic, [f"flood {i}" for i in range(100)])
+            info = recovery(await join(bob, topic, {"user": "Bob", "phx_pos": last}))
+            assert info["recovered"] is False and info["replayed"] == 0
+            assert info["reason"] == "position older than the history"
+            stale = {"offset": 1, "epoch": "0123456789abcdef"}
+            info = recovery(await join(bob, topic, {"user": "Bob", "phx_pos": stale}, ref="2"))
+            assert (info["recovered"], info["reason"]) == (False, "epoch changed")
+
+
+async def test_a_restart_loses_the_history_and_says_so() -> None:
+    """On one node the history is in memory: after a restart, a rejoin from a position is told
+    the epoch changed, and a first join finds only what was sent since."""
+    topic = "room:restart"
+    with running_server("examples.chat.app:endpoint") as srv:
+        async with connect(srv.port, V2) as c:
+            await join(c, topic, {"user": "Ada", **RECENT})
+            [before] = await send_all(c, topic, ["before the restart"])
+        await trio.to_thread.run_sync(srv.restart)
+        async with connect(srv.port, V2) as c:
+            info = recovery(await join(c, topic, {"user": "Ada", "phx_pos": before["phx_pos"]}))
+            assert info["recovered"] is False and info["reason"] == "epoch changed"
+            assert info["epoch"] != before["phx_pos"]["epoch"] and info["replayed"] == 0
+            [after] = await send_all(c, topic, ["after the restart"])
+        async with connect(srv.port, V2) as c:
+            info = recovery(await join(c, topic, {"user": "Bob", **RECENT}))
+            assert await replayed_bodies(c, info) == ["after the restart"]
+            assert info["offset"] == after["phx_pos"]["offset"] == 1
 
 
 async def test_foreign_origin_is_refused(server: ServerProcess) -> None:
@@ -252,8 +367,7 @@ async def test_presence_over_a_raw_websocket(server: ServerProcess) -> None:
     before = int(time.time() * 1000)
     async with connect(server.port, V2) as ada, connect(server.port, V2) as bob:
         await join(ada, topic, {"user": " Ada "})
-        # history first (pushed during join), then the presence list, which includes Ada
-        assert (await ada.recv())[3] == "history"
+        # the presence list, which includes Ada
         state = await ada.recv_until("presence_state")
         assert state[:3] == ["1", None, topic]
         assert list(state[4]) == ["Ada"]  # the trimmed display name is the key
@@ -318,38 +432,14 @@ async def test_a_refused_join_is_not_present(server: ServerProcess) -> None:
         assert set(state) == {"Ada", "Bo"}
 
 
-def test_module_endpoint_is_single_node_with_presence() -> None:
+def test_module_endpoint_is_single_node_with_presence_and_history() -> None:
     assert isinstance(chat.endpoint.presence, Presence)
     assert isinstance(chat.endpoint.pubsub.adapter, LocalAdapter)
-    # every node's history recorder listens on the internal history topic
-    assert chat.endpoint.pubsub.subscriber_count(chat.HISTORY_TOPIC) == 1
-
-
-# -- the in-memory history store -------------------------------------------------------------
-
-
-def test_history_records_what_is_broadcast_on_the_history_topic() -> None:
-    message = {"id": "x1", "user": "Ada", "body": "from another node", "at": 1}
-    chat.record_history(chat.HISTORY_TOPIC, "record",
-                        {"topic": "room:recorded", "message": message})
-    assert chat.history.recent("room:recorded") == [message]
-    for event, payload in [("other", {"topic": "room:recorded", "message": message}),
-                           ("record", {"topic": "lobby", "message": message}),
-                           ("record", {"topic": "room:recorded", "message": "text"}),
-                           ("record", ["not", "a", "dict"])]:
-        chat.record_history(chat.HISTORY_TOPIC, event, payload)
-    assert chat.history.recent("room:recorded") == [message]
-    assert chat.history.recent("lobby") == []
-
-
-def test_room_history_store_is_bounded() -> None:
-    store = chat.RoomHistory(size=3, max_rooms=2)
-    for i in range(5):
-        store.add("room:a", {"body": i})
-    assert [m["body"] for m in store.recent("room:a")] == [2, 3, 4]
-    store.add("room:b", {"body": "b"})
-    store.add("room:a", {"body": 5})  # a is now the most recently used
-    store.add("room:c", {"body": "c"})  # evicts b
-    assert store.recent("room:b") == []
-    assert [m["body"] for m in store.recent("room:a")] == [3, 4, 5]
-    assert store.recent("room:nowhere") == []
+    # the rooms' history is the runtime's: the last 100 messages of each room, for a day
+    config = chat.RoomChannel.history
+    assert isinstance(config, History) and (config.size, config.ttl) == (100, 86400)
+    assert chat.endpoint.history is not None
+    assert chat.endpoint.history.config_for("room:lobby") is config
+    # and the app keeps none of its own
+    assert not {"HISTORY_TOPIC", "HISTORY_SIZE", "RoomHistory", "record_history",
+                "history"} & set(vars(chat))

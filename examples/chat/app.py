@@ -2,29 +2,55 @@
 
 Run it with ``./scripts/chat`` (or ``trio-channels serve examples.chat.app:endpoint``) and
 open http://127.0.0.1:4000/. The page (``static/``) talks to the server with the official
-phoenix.js client, which is served from the installed npm package (run ``npm ci`` first).
+phoenix.js client, which is served from the installed npm package (run ``npm ci`` first), and
+the runtime's history helper (``/trio-channels/history.js``, served by every endpoint).
 
 The protocol, as the page uses it:
 
 * join ``room:<name>`` with ``{"user": "<display name>"}``; a bad name or room is refused
-  with ``{"reason": "..."}``. Right after the join reply the server pushes ``history``
-  ``{"messages": [...]}``: the room's last :data:`HISTORY_SIZE` messages, oldest first.
+  with ``{"reason": "..."}``. The join may carry ``"phx_pos"`` (the runtime's history, see
+  below): ``{"last": N}`` on a first join, for the room's newest N messages (the page asks
+  for 50), or ``{"offset", "epoch"}``, the position of the last message the client saw, on a
+  rejoin. The reply is ``ok`` ``{"user", "room", "phx_recovery": {"recovered", "epoch",
+  "offset", "replayed"}}`` (with ``"reason"`` when a position could not be recovered from,
+  or the history could not be read).
+  Right after it come the ``replayed`` messages, oldest first, as ordinary ``new_msg``
+  broadcasts, then the live ones: none missing, none twice.
 * push ``new_msg`` ``{"body": "..."}``: the reply is ``ok`` ``{"id": ...}`` or ``error``
   ``{"reason": "..."}``, and everyone in the room (sender included) receives ``new_msg``
-  ``{"id", "user", "body", "at"}`` (``at``: milliseconds since the Unix epoch, UTC).
+  ``{"id", "user", "body", "at", "phx_pos": {"offset", "epoch"}}`` (``at``: milliseconds
+  since the Unix epoch, UTC; ``phx_pos``: the message's position in the room's history,
+  ``offset`` +1 per message).
 * presence: once joined, the client gets ``presence_state`` and then ``presence_diff``
   updates (the phoenix.js ``Presence`` format), keyed by display name. Each tab (channel) of
   a name is one meta ``{"online_at": <ms>, "node": <node name>, "phx_ref": ...}``, so a name
   open in two tabs is one key with two metas. A presence leaves when its channel ends.
 
-Cluster mode (``./scripts/chat-cluster``, or ``trio-channels serve ... --redis-url URL
---node-name NAME``; see docs/cluster.md): messages and presence cross nodes through Redis.
+History is the runtime's (:class:`channels.history.History` on :class:`RoomChannel`; see
+docs/history.md): each room keeps its last 100 messages, each for a day. On one node they live
+in the process's memory (lost on restart); in a cluster in a Redis stream per room, shared by
+every node (a node restart loses nothing, and every node has the same history). The app has no
+history code of its own.
 
-History lives in this process's memory, so it is per node and lost on restart. Every node
-records every message it receives, its own and other nodes' (through the internal
-:data:`HISTORY_TOPIC` broadcast), so the nodes' histories agree for messages sent while they
-were all up and connected to Redis; a node started later, or cut off from Redis for a while,
-lacks what it did not receive (cross-node delivery is at most once).
+What the page does with it:
+
+* **Joining a room** (or reloading the page) shows the room's last 50 messages, then the live
+  ones. A reload is a new page: it shows the recent messages once. (It keeps no position in
+  sessionStorage: going on from one would show an empty page only what came after it.)
+* **After a reconnect** (a network blip, a server restart, a move to another node),
+  phoenix.js rejoins with the position of the last message shown, and the page shows what it
+  missed, once and in order, after what it already had.
+* **When that cannot be done** (``recovered`` is false: the page was away for more than the
+  100 kept messages or a day, or the history was lost, e.g. a single node restarted), the
+  page keeps what it shows, adds a notice that messages from while it was away may be
+  missing, and joins again for the room's last 50 messages, showing those it does not have
+  yet (messages are told apart by their ``id``). It adds the same notice, without joining
+  again, if a live message comes from a new stream (the history was lost while the page
+  stayed joined, e.g. Redis restarted empty).
+
+Cluster mode (``./scripts/chat-cluster``, or ``trio-channels serve ... --redis-url URL
+--node-name NAME``; see docs/cluster.md): messages, presence and history cross nodes through
+Redis.
 """
 
 from __future__ import annotations
@@ -33,11 +59,11 @@ import re
 import secrets
 import time
 import unicodedata
-from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any
 
-from channels import CallbackSubscriber, Channel, Endpoint, JoinError, Reply, Socket
+from channels import Channel, Endpoint, JoinError, Reply, Socket
+from channels.history import History
 from presence import Presence
 
 HERE = Path(__file__).resolve().parent
@@ -47,52 +73,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PHOENIX_JS = Path("node_modules/phoenix/priv/static/phoenix.mjs")
 
 ROOM_PREFIX = "room:"
-#: Internal topic (no client can join it): every node's history recorder listens on it.
-HISTORY_TOPIC = "chat:history"
 ROOM_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 MAX_NAME_LENGTH = 32
 MAX_BODY_LENGTH = 2000
-HISTORY_SIZE = 50
-#: Rooms whose history is kept; the least recently used beyond this are forgotten.
-MAX_ROOMS = 1000
-
-
-class RoomHistory:
-    """The last ``size`` messages of up to ``max_rooms`` rooms, in memory."""
-
-    def __init__(self, size: int = HISTORY_SIZE, max_rooms: int = MAX_ROOMS) -> None:
-        self.size = size
-        self.max_rooms = max_rooms
-        self._rooms: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
-
-    def add(self, room: str, message: dict[str, Any]) -> None:
-        messages = self._rooms.get(room)
-        if messages is None:
-            messages = self._rooms[room] = deque(maxlen=self.size)
-            while len(self._rooms) > self.max_rooms:
-                self._rooms.popitem(last=False)
-        self._rooms.move_to_end(room)
-        messages.append(message)
-
-    def recent(self, room: str) -> list[dict[str, Any]]:
-        """The room's kept messages, oldest first."""
-        return list(self._rooms.get(room, ()))
-
-    def clear(self) -> None:
-        self._rooms.clear()
-
-
-#: The process-wide store every :class:`RoomChannel` shares.
-history = RoomHistory()
-
-
-def record_history(topic: str, event: str, payload: Any) -> None:
-    """Keep a message broadcast on :data:`HISTORY_TOPIC`, by this node or another one."""
-    if event != "record" or not isinstance(payload, dict):
-        return
-    room, message = payload.get("topic"), payload.get("message")
-    if isinstance(room, str) and room.startswith(ROOM_PREFIX) and isinstance(message, dict):
-        history.add(room, message)
 
 
 def _has_control_chars(text: str) -> bool:
@@ -136,15 +119,17 @@ def validate_body(payload: Any) -> str | Reply:
 class RoomChannel(Channel):
     """One user in one chat room."""
 
+    #: Each room keeps its last 100 messages, each for a day (in memory on one node, in a
+    #: Redis stream in a cluster): a join with ``phx_pos`` gets the recent ones or what it
+    #: missed, and every ``new_msg`` broadcast carries its position.
+    history = History(size=100, ttl=24 * 3600)
+
     async def join(self, topic: str, params: dict[str, Any]) -> dict[str, Any] | None:
         room = validate_room(topic)
         user = validate_user(params.get("user"))
         self.assigns["user"] = user
         self.assigns["room"] = room
-        # Pushed during join(), so it goes out right after the join reply and before any
-        # broadcast: join() does not await, so no message can slip between this snapshot
-        # and the subscription (none is missed, none arrives twice).
-        await self.push("history", {"messages": history.recent(topic)})
+        # The runtime adds "phx_recovery" to this reply, then replays what the join asked for.
         # Tracked from the channel's own task, first thing after the join: the presence then
         # lives exactly as long as the channel (it is untracked when the channel ends).
         self.send("after_join")
@@ -170,10 +155,7 @@ class RoomChannel(Channel):
             "body": body,
             "at": int(time.time() * 1000),
         }
-        # Recorded, then delivered, on every node (neither call waits, so nobody joins in
-        # between): a joining client finds the message either in history or live.
-        await self.socket.endpoint.broadcast(HISTORY_TOPIC, "record",
-                                             {"topic": self.topic, "message": message})
+        # Stored in the room's history (which gives it its position), then delivered.
         await self.broadcast("new_msg", message)
         return Reply.ok({"id": message["id"]})
 
@@ -210,16 +192,15 @@ def presence_of(channel: Channel) -> Presence:
 def make_endpoint(root: Path = REPO_ROOT) -> Endpoint:
     """The chat endpoint with its own :class:`Presence`.
 
-    Single node by default (the LocalAdapter); ``trio-channels serve --redis-url`` gives it a
-    RedisAdapter before it starts, and presence replicates through that.
+    Single node by default (the LocalAdapter, history in memory); ``trio-channels serve
+    --redis-url`` gives it a RedisAdapter before it starts: presence replicates through that,
+    and the rooms' history goes to Redis streams.
     """
     static = {"/": STATIC_DIR, "/js/phoenix.mjs": phoenix_js(root)}
     # permdown_on_shutdown: a node stopping cleanly tells the others to drop its presences at
     # once; a crashed one is dropped after down_period (30 s with the default periods).
     presence = Presence(permdown_on_shutdown=True)
-    endpoint = Endpoint({"/socket": UserSocket}, presence=presence, static=static)
-    endpoint.subscribe(HISTORY_TOPIC, CallbackSubscriber(record_history))
-    return endpoint
+    return Endpoint({"/socket": UserSocket}, presence=presence, static=static)
 
 
 endpoint = make_endpoint()

@@ -1,25 +1,37 @@
 // Two people chat through the example app in headless Chromium (Debian's, never a download),
 // and the "who is online" sidebar follows them: a second person, a second tab of a name, and
-// pages that close.
+// pages that close. Then the room's history: a page whose connection drops gets what was said
+// meanwhile once, in order; a reload shows the recent messages once; after a server restart
+// (the history was in its memory) the pages say messages may be missing and show what came
+// after.
 //
 // Usage: node tests/browser/chat.mjs BASE_URL SCREENSHOT_PATH
 //
-// Prints one JSON line ({"ok": true, ...} or {"ok": false, "error": ...}) and exits 0 on
-// success, 1 on failure, 3 if the watchdog fired. Every wait is bounded.
+// The test that runs this restarts the server when asked: the script writes {"ask": "restart"}
+// on stdout and reads one JSON answer line on stdin ({"restarted": true}, same port).
+// Its last stdout line is the result ({"ok": true, ...} or {"ok": false, "error": ...}); exit 0
+// on success, 1 on failure, 3 if the watchdog fired. Every wait is bounded.
 import {
-  join, launch, listOf, onlineOf, openPage, say, startRun, waitForMessage, waitForOnline,
+  asker, disconnect, join, launch, listOf, onlineOf, openPage, reconnect, recoveriesOf, say,
+  startRun, waitForMessage, waitForNotice, waitForOnline,
 } from "./chat_page.mjs";
 
 const [baseURL, screenshotPath] = process.argv.slice(2);
-const {result, finish, step} = startRun(30_000);
+const {result, finish, step} = startRun(75_000);
 result.online = {};
+result.recoveries = {};
+result.disconnects = [];
+// A restarted server takes a few seconds to start, and a page up to 2 s more to reconnect.
+const RESTART_MS = 25_000;
+const {ask, close: closeAsker} = asker();
 
 if (!baseURL || !screenshotPath) {
   result.error = "usage: node tests/browser/chat.mjs BASE_URL SCREENSHOT_PATH";
   finish(1);
 }
 
-const open = (browser, label) => openPage(browser, baseURL, label, result.problems);
+const open = (browser, label) => openPage(browser, baseURL, label, result.problems,
+                                          result.disconnects);
 // A sidebar entry on a single node: no node names are shown.
 const person = (name, tabs, me) => ({name, tabs, me, nodes: null});
 
@@ -105,6 +117,51 @@ try {
   result.alice = await listOf(alice);
   result.bob = await listOf(bob);
   result.carol = await listOf(carol);
+  result.recoveries.bob_first_join = await recoveriesOf(bob);
+
+  step("bob's connection drops; what alice says meanwhile reaches him once, in order");
+  await disconnect(bob);
+  const missed = ["While you were away 1", "While you were away 2", "While you were away 3"];
+  for (const body of missed) {
+    await say(alice, body);
+    await waitForMessage(alice, "Alice", body);
+  }
+  await reconnect(bob);
+  await waitForMessage(bob, "Alice", missed[2]);
+  await say(alice, "And live again");
+  await waitForMessage(bob, "Alice", "And live again");
+  result.bob_after_blip = await listOf(bob);
+  result.recoveries.bob_after_blip = await recoveriesOf(bob);
+
+  step("bob reloads the page: the room's recent messages, once");
+  await bob.reload();
+  await bob.waitForSelector('body[data-connection="online"]');
+  await join(bob, "Bob");
+  await waitForMessage(bob, "Alice", "And live again");
+  result.bob_after_reload = await listOf(bob);
+  result.recoveries.bob_after_reload = await recoveriesOf(bob);
+
+  step("the server restarts while bob is away; alice's page comes back by itself");
+  await disconnect(bob);
+  await ask("restart");
+  // Its rejoin cannot recover (the history was in the old process's memory): a notice, then
+  // a join for the recent messages (there are none yet).
+  await waitForNotice(alice, "may be missing", RESTART_MS);
+  await alice.waitForSelector('body[data-connection="online"][data-channel="joined"]',
+                              {timeout: RESTART_MS});
+  await say(alice, "After the restart");
+  await waitForMessage(alice, "Alice", "After the restart");
+
+  step("bob comes back after the restart: a notice, then what was said since, once");
+  await reconnect(bob);
+  await waitForMessage(bob, "Alice", "After the restart");
+  await say(bob, "Back after the restart");
+  await waitForMessage(alice, "Bob", "Back after the restart");
+  await waitForMessage(bob, "Bob", "Back after the restart");
+  result.alice_after_restart = await listOf(alice);
+  result.bob_after_restart = await listOf(bob);
+  result.recoveries.alice_after_restart = await recoveriesOf(alice);
+  result.recoveries.bob_after_restart = await recoveriesOf(bob);
 
   step("bob closes his page and leaves alice's list");
   await bob.context().close();
@@ -117,6 +174,7 @@ try {
 } catch (err) {
   result.error = `${result.step}: ${err && err.message ? err.message : err}`;
 }
+closeAsker();
 
 try {
   await Promise.race([browser?.close(), new Promise((r) => setTimeout(r, 5_000))]);

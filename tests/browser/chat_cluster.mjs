@@ -1,5 +1,7 @@
 // Two chat nodes sharing one Redis, one browser page on each, in headless Chromium: messages and
-// the "who is online" list cross nodes, and each node's history has the other node's messages.
+// the "who is online" list cross nodes, a fresh page on either node shows the messages sent
+// before it was opened (the history is one Redis stream per room), and a page on node b whose
+// connection dropped gets what was said on node a meanwhile, once, in order.
 //
 // Usage: node tests/browser/chat_cluster.mjs URL_NODE_A URL_NODE_B SCREENSHOT_PATH
 // (the nodes are named chat-a and chat-b).
@@ -7,12 +9,14 @@
 // Prints one JSON line ({"ok": true, ...} or {"ok": false, "error": ...}) and exits 0 on
 // success, 1 on failure, 3 if the watchdog fired. Every wait is bounded.
 import {
-  join, launch, listOf, openPage, say, startRun, waitForMessage, waitForOnline,
+  disconnect, join, launch, listOf, openPage, reconnect, recoveriesOf, say, startRun,
+  waitForMessage, waitForOnline,
 } from "./chat_page.mjs";
 
 const [urlA, urlB, screenshotPath] = process.argv.slice(2);
-const {result, finish, step} = startRun(90_000);
+const {result, finish, step} = startRun(120_000);
 result.online = {};
+result.recoveries = {};
 // Presence crosses nodes with the tracker's heartbeats (every 1.5 s by default), and two nodes
 // that just started first have to find each other: allow more than a local step.
 const CROSS_MS = 20_000;
@@ -53,7 +57,7 @@ try {
   await waitForMessage(ada, "Bea", fromB, CROSS_MS);
   await waitForMessage(bea, "Bea", fromB);
 
-  step("a newcomer on either node gets both messages as history");
+  step("a newcomer on either node gets both messages as the room's recent ones");
   const cy = await openPage(browser, urlB, "cy", result.problems);
   await join(cy, "Cy");
   await waitForMessage(cy, "Bea", fromB);
@@ -66,6 +70,35 @@ try {
     person("Ada", true, "chat-a"), person("Bea", false, "chat-b"),
     person("Cy", false, "chat-b"), person("Dee", false, "chat-a"),
   ], CROSS_MS);
+
+  step("bea's connection drops; what ada says on node a meanwhile reaches her once, in order");
+  await disconnect(bea);
+  const missed = ["Bea, are you there? (1)", "Bea, are you there? (2)"];
+  for (const body of missed) {
+    await say(ada, body);
+    await waitForMessage(ada, "Ada", body);
+  }
+  await reconnect(bea, CROSS_MS);
+  await waitForMessage(bea, "Ada", missed[1], CROSS_MS);
+  await say(ada, "Welcome back");
+  await waitForMessage(bea, "Ada", "Welcome back", CROSS_MS);
+  await say(bea, "Back on node b");
+  await waitForMessage(ada, "Bea", "Back on node b", CROSS_MS);
+  await waitForMessage(bea, "Bea", "Back on node b");
+  result.bea = await listOf(bea);
+  result.recoveries.bea = await recoveriesOf(bea);
+
+  step("a page opened now on node a has it all, as one on node b");
+  const eve = await openPage(browser, urlA, "eve", result.problems);
+  await join(eve, "Eve");
+  await waitForMessage(eve, "Bea", "Back on node b");
+  const fay = await openPage(browser, urlB, "fay", result.problems);
+  await join(fay, "Fay");
+  await waitForMessage(fay, "Bea", "Back on node b");
+  result.eve = await listOf(eve);
+  result.fay = await listOf(fay);
+  await eve.context().close();
+  await fay.context().close();
 
   step("screenshot");
   await ada.screenshot({path: screenshotPath});

@@ -1,6 +1,9 @@
 // Helpers shared by the chat browser scripts (chat.mjs, chat_cluster.mjs): a script run with a
-// watchdog that prints one JSON result line, Debian's Chromium, and the chat page as data.
+// watchdog that prints one JSON result line, asking the test to act on servers, Debian's
+// Chromium, the chat page as data, and dropping and restoring a page's connection.
 // Every wait is bounded.
+import {createInterface} from "node:readline";
+
 import {chromium} from "playwright-core";
 
 export const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
@@ -22,6 +25,35 @@ export function startRun(watchdogMs) {
   return {result, finish, step};
 }
 
+// Asking the test that runs the script to act on the servers: `ask(what)` writes
+// {"ask": what} on stdout and resolves with the JSON answer line read from stdin (rejects on
+// {"error": ...} or after `timeout` ms). `close()` lets the process exit.
+export function asker() {
+  const answers = [];
+  const waiting = [];
+  const lines = createInterface({input: process.stdin});
+  lines.on("line", (line) => {
+    const resolve = waiting.shift();
+    if (resolve) resolve(line);
+    else answers.push(line);
+  });
+  async function ask(what, timeout = 60_000) {
+    process.stdout.write(JSON.stringify({ask: what}) + "\n");
+    let timer;
+    const line = answers.length ? answers.shift() : await Promise.race([
+      new Promise((resolve) => waiting.push(resolve)),
+      new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`no answer to ${what}`)), timeout);
+      }),
+    ]);
+    clearTimeout(timer);
+    const answer = JSON.parse(line);
+    if (answer.error) throw new Error(`${what}: ${answer.error}`);
+    return answer;
+  }
+  return {ask, close: () => lines.close()};
+}
+
 export function launch() {
   return chromium.launch({
     executablePath: CHROMIUM,
@@ -30,16 +62,22 @@ export function launch() {
   });
 }
 
+// A console message Chromium logs when a WebSocket cannot connect (a server that is down).
+const WS_FAILED = /^WebSocket connection to '.*' failed/;
+
 // A page in a context of its own (its own storage and WebSocket, like another browser), with
 // console errors and warnings, page errors, failed requests and HTTP errors recorded as problems.
-export async function openPage(browser, url, label, problems) {
+// With `disconnects` (an array), failed WebSocket connections go there instead: expected while
+// a server restarts.
+export async function openPage(browser, url, label, problems, disconnects = null) {
   const context = await browser.newContext({viewport: {width: 900, height: 620}});
   const page = await context.newPage();
   page.setDefaultTimeout(STEP_MS);
   page.on("console", (msg) => {
-    if (msg.type() === "error" || msg.type() === "warning") {
-      problems.push(`${label} console ${msg.type()}: ${msg.text()}`);
-    }
+    if (msg.type() !== "error" && msg.type() !== "warning") return;
+    const text = `${label} console ${msg.type()}: ${msg.text()}`;
+    if (disconnects && WS_FAILED.test(msg.text())) disconnects.push(text);
+    else problems.push(text);
   });
   page.on("pageerror", (err) => problems.push(`${label} page error: ${err.message}`));
   page.on("requestfailed", (req) => {
@@ -73,6 +111,27 @@ export async function waitForMessage(page, user, body, timeout = STEP_MS) {
   await page.waitForFunction(([u, b]) => [...document.querySelectorAll("#messages li.msg")]
     .some((li) => li.querySelector(".user")?.textContent === u &&
                   li.querySelector(".body")?.textContent === b), [user, body], {timeout});
+}
+
+// Drop the page's connection (as a network blip would) and wait until the page knows it.
+export async function disconnect(page) {
+  await page.evaluate(() => window.chat.socket.disconnect());
+  await page.waitForSelector('body[data-connection="reconnecting"]');
+}
+
+// Connect again and wait until the page is back in its room.
+export async function reconnect(page, timeout = STEP_MS) {
+  await page.evaluate(() => window.chat.socket.connect());
+  await page.waitForSelector('body[data-connection="online"][data-channel="joined"]', {timeout});
+}
+
+// The phx_recovery of every join reply the page got, oldest first.
+export const recoveriesOf = (page) => page.evaluate(() => window.chat.recoveries);
+
+// Resolves when page's message list has a notice containing `text`.
+export async function waitForNotice(page, text, timeout = STEP_MS) {
+  await page.waitForFunction((t) => [...document.querySelectorAll("#messages li.system")]
+    .some((li) => li.textContent.includes(t)), text, {timeout});
 }
 
 // The message list: {user, body} for messages, {system} for notices.

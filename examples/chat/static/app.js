@@ -1,7 +1,15 @@
 // The chat page: one phoenix.js Socket, one channel for the room you are in, and a phoenix.js
 // Presence on that channel for the "who is online" sidebar.
 // All user-provided text is rendered with textContent, never as HTML.
+//
+// Messages come from the room's history, kept by the server (trio-channels' History), through
+// recoverable() from /trio-channels/history.js: joining a room shows its last RECENT messages;
+// after a reconnect, phoenix.js rejoins from the position of the last message seen and the
+// server replays what was missed, once and in order, before the live ones. When that is not
+// possible (away too long, or the history was lost), the page keeps what it shows, says that
+// messages may be missing, and joins again for the recent ones it does not have yet.
 import {Presence, Socket} from "/js/phoenix.mjs";
+import {recoverable} from "/trio-channels/history.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -22,6 +30,14 @@ const ui = {
 };
 
 const NAME_KEY = "trio-channels-chat:name";
+// Messages a first join shows (the server keeps the last 100 of each room).
+const RECENT = 50;
+// Why a rejoin could not get what was missed, in words (phx_recovery.reason).
+const REASONS = {
+  "epoch changed": "the room's history was reset",
+  "position older than the history": "you were away too long",
+  "history unavailable": "the history is unavailable",
+};
 const timeFormat = new Intl.DateTimeFormat([], {hour: "2-digit", minute: "2-digit"});
 
 // -- state --------------------------------------------------------------------------------
@@ -29,11 +45,15 @@ const timeFormat = new Intl.DateTimeFormat([], {hour: "2-digit", minute: "2-digi
 const socket = new Socket("/socket");   // resolves against location.host
 let channel = null;                     // the phoenix Channel of the current room
 let pending = null;                     // a join in progress (to another room or name)
+let joins = 0;                          // joinRoom calls so far (a later one supersedes)
 let current = null;                     // {user, room} of the current channel
 let presence = null;                    // the phoenix.js Presence of the current channel
 let seen = new Set();                   // ids of the messages shown for the current room
 let everConnected = false;
 let connectionLost = false;
+
+// For the console and the browser tests: the socket, and the phx_recovery of every join reply.
+window.chat = {socket, recoveries: []};
 
 // -- rendering ----------------------------------------------------------------------------
 
@@ -187,28 +207,72 @@ socket.onClose(onDisconnect);
 
 // -- the room channel ---------------------------------------------------------------------
 
+const why = (reason) => REASONS[reason] || reason;
+
+// Leave `ch`, then call `then` once the server has answered the leave (or after 5 s, e.g. if
+// the connection is down). Until that answer, broadcasts for the old join may still arrive,
+// and phoenix.js would hand them to a new channel of the same topic: its Presence would count
+// the old join's presence_diff (and miss the diff of its leave). phoenix.js settles leave()
+// at once, so the answer is watched on the socket.
+function leaveThen(ch, then) {
+  const push = ch.leave();
+  let done = false;
+  const finish = () => {
+    if (done) return;
+    done = true;
+    clearTimeout(timer);
+    socket.off([listener]);
+    then();
+  };
+  const listener = socket.onMessage(({event, ref}) => {
+    if (event === "phx_reply" && ref === push.ref) finish();
+  });
+  const timer = setTimeout(finish, 5000);
+}
+
 // Join `room` as `user`. The current room (if any) stays until the new join succeeds, so a
-// refused join leaves you where you were.
-function joinRoom(user, room) {
-  if (pending) pending.leave();
+// refused join leaves you where you were. `reload`: the same room again, after a rejoin that
+// could not recover what was missed: the messages shown stay, the recent ones are added.
+function joinRoom(user, room, reload = false) {
+  const seq = ++joins;
   const topic = `room:${room}`;
-  const ch = socket.channel(topic, {user});
+  // The same room again (a new name, or a reload) while in it or joining it: a socket joins
+  // a topic once, so leave first, and join again once the server has answered the leave.
+  const old = [channel, pending].find((c) => c && c.topic === topic);
+  if (pending && pending !== old) pending.leave();
+  pending = null;
+  if (old) {
+    if (old === channel) {
+      channel = null;
+      current = null;
+    }
+    if (!channel) setChannelState("joining");
+    leaveThen(old, () => { if (seq === joins) joinRoom(user, room, reload); });
+    return;
+  }
+  // A first join asks for the last RECENT messages; phoenix.js rejoins (after a reconnect)
+  // with the position of the last message seen, and gets what was missed.
+  let live = false;  // joined, and not errored since
+  const ch = recoverable(socket, topic, {user}, {
+    initial: RECENT,
+    // Join replies are handled below (their phx_recovery); this is the other case: a live
+    // message from a new stream (the history was lost while joined, e.g. Redis restarted
+    // empty), so some messages may never have arrived. What is shown stays in order.
+    onRecovery(info) {
+      if (live && active() && !info.recovered) {
+        system(`Some messages may be missing (${why(info.reason)}).`, "error");
+      }
+    },
+  });
   // Created before join() so that it sees the presence_state that follows the join reply.
   const chPresence = new Presence(ch);
   pending = ch;
   let joinedBefore = false;
   const active = () => ch === channel;
-  if (channel && channel.topic === topic) {
-    // Same room, new name: phoenix.js leaves the old channel of a topic it joins again.
-    channel = null;
-    current = null;
-  }
   if (!channel) setChannelState("joining");
-  system(user ? `Joining #${room} as ${user}…` : `Joining #${room}…`);
+  if (!reload) system(user ? `Joining #${room} as ${user}…` : `Joining #${room}…`);
 
-  ch.on("history", ({messages}) => {
-    if (active()) for (const msg of messages || []) addMessage(msg);
-  });
+  // Replayed messages (recent or missed) and live ones alike.
   ch.on("new_msg", (msg) => {
     if (active()) addMessage(msg);
   });
@@ -217,30 +281,48 @@ function joinRoom(user, room) {
   });
   // A dropped connection errors the channel; phoenix.js rejoins it when the socket is back.
   ch.onError(() => {
+    live = false;
     if (active()) setChannelState("joining");
   });
 
   ch.join()
-    .receive("ok", () => {
-      if (joinedBefore) {
-        if (active()) {
-          system(`Rejoined #${room}.`, "ok");
-          setChannelState("joined");
+    .receive("ok", (resp) => {
+      const recovery = (resp && resp.phx_recovery) || null;
+      if (joinedBefore) {  // a rejoin after a reconnect
+        if (!active()) return;
+        window.chat.recoveries.push(recovery);
+        if (recovery && !recovery.recovered) {
+          // What was missed cannot be replayed: this channel's messages stop here (a live one
+          // shown now would come before older missed ones), and a new join gets the recent.
+          system(`Rejoined #${room}. Messages sent while you were away may be missing ` +
+                 `(${why(recovery.reason)}); the latest follow.`, "error");
+          joinRoom(user, room, true);
+          return;
         }
+        live = true;
+        system(`Rejoined #${room}.`, "ok");
+        setChannelState("joined");
         return;
       }
       if (pending !== ch) return;  // superseded by a later join
+      window.chat.recoveries.push(recovery);
       joinedBefore = true;
+      live = true;
       pending = null;
       if (channel) channel.leave();
       channel = ch;
       current = {user, room};
       presence = chPresence;
-      seen = new Set();
-      ui.messages.replaceChildren();
+      if (!reload) {
+        seen = new Set();
+        ui.messages.replaceChildren();
+        system(`Joined #${room} as ${user}.`, "ok");
+      }
+      if (recovery && recovery.reason) {
+        system(`Recent messages could not be loaded (${why(recovery.reason)}).`, "error");
+      }
       ui.roomTitle.textContent = `#${room}`;
       document.title = `#${room} · trio-channels chat`;
-      system(`Joined #${room} as ${user}.`, "ok");
       setChannelState("joined");
       renderOnline();
       try { localStorage.setItem(NAME_KEY, user); } catch { /* storage may be disabled */ }
