@@ -125,7 +125,15 @@ def main(argv: list[str] | None = None) -> int:
                    default=os.environ.get("TRIO_CHANNELS_METRICS_PORT"),
                    help="serve Prometheus metrics at /metrics on this port, on --host "
                         "(default: off)")
+    from channels.client.cli import add_arguments as add_client_arguments
+
+    add_client_arguments(sub.add_parser(
+        "client", help="join a topic and print every event as one JSON line (debugging)"))
     args = parser.parse_args(argv)
+    if args.command == "client":
+        from channels.client.cli import run as run_client
+
+        return run_client(args)
     from channels.logging import configure
 
     configure(format=args.log_format, level=args.log_level)
