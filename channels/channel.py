@@ -197,6 +197,10 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
     #: broadcasts that arrive meanwhile, held back (then sent after the replay, minus what it
     #: already sent).
     recovering: list[tuple[str, Any]] | None = None
+    #: After a recovering join, ``(epoch, offset)`` the replay went up to, while this node
+    #: has not delivered that far yet (the store can be ahead of this node's live stream):
+    #: live broadcasts at or before it are dropped (the replay sent them).
+    replayed_upto: tuple[str, int] | None = None
 
     def __init__(
         self, session: SocketSession, channel: Channel, topic: str, join_ref: str | None
@@ -238,7 +242,7 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
     def fastlane(self) -> tuple[Any, Any, Any] | None:
         """How the pubsub may write broadcasts straight to our connection (None when some
         events go through handle_out: then :meth:`deliver` decides per event)."""
-        if self.intercept or self.recovering is not None:
+        if self.intercept or self.recovering is not None or self.replayed_upto is not None:
             return None
         session = self.session
         return (session.serializer, session.fastlane_frame, session.conn.write_nowait)
@@ -247,6 +251,18 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
         if self.recovering is not None:
             self.recovering.append((event, payload))
             return
+        upto = self.replayed_upto
+        if upto is not None:
+            pos = payload.get(POSITION_KEY) if isinstance(payload, dict) else None
+            if not isinstance(pos, dict):
+                pos = {}
+            offset = pos.get("offset")
+            if isinstance(offset, int) and pos.get("epoch") == upto[0]:
+                if offset <= upto[1]:
+                    return  # the replay sent it
+                # Past the replay: live from here on, on the fastlane.
+                del self.replayed_upto
+                self.session.pubsub.replan(topic)
         if event in self.intercept:
             self.send((_OUT, event, payload))
             return
@@ -268,18 +284,19 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
 
     def end_recovery(self, replay: list[tuple[str, Any]], epoch: str, upto: int) -> None:
         """Send the replayed broadcasts, then the live ones held back that came after them
-        (by position), and go back to the fastlane."""
+        (by position); the fastlane again after the first live one past the replay."""
         held = self.recovering or []
         del self.recovering  # back to the class default (None): no instance attribute
-        self.session.pubsub.replan(self.topic)
         for event, payload in replay:
             self.deliver(self.topic, event, payload, {})
+        # The replay was read from the store, which can be ahead of what this node has
+        # delivered: what it sent may still come live (held now, or later). Dropped by
+        # position until a live broadcast is past it (then back to the fastlane).
+        if epoch:  # "" when the history could not be read: nothing was replayed
+            self.replayed_upto = (epoch, upto)
         for event, payload in held:
-            pos = payload.get(POSITION_KEY) if isinstance(payload, dict) else None
-            if isinstance(pos, dict) and pos.get("epoch") == epoch and \
-                    isinstance(pos.get("offset"), int) and pos["offset"] <= upto:
-                continue  # the replay sent it
             self.deliver(self.topic, event, payload, {})
+        self.session.pubsub.replan(self.topic)
 
     def flush_join_buffer(self) -> None:
         buffered, self._join_buffer = self._join_buffer or [], None

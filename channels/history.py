@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = [
     "POSITION_KEY",
     "RECOVERY_KEY",
+    "AppendOutcomeUnknown",
     "Entry",
     "History",
     "HistoryService",
@@ -408,7 +409,10 @@ class RedisHistoryStore(HistoryStore):
                     results = [await r for r in requests]
                 except Exception as exc:
                     for *_, pending in batch:
-                        pending.fail(exc)
+                        # Sent or not: Redis may have run the appends before the link failed.
+                        unknown = AppendOutcomeUnknown(f"{type(exc).__name__}: {exc}")
+                        unknown.__cause__ = exc
+                        pending.fail(unknown)
                     raise
                 self.pipelines += 1
                 self.appends += len(batch)
@@ -444,6 +448,10 @@ class RedisHistoryStore(HistoryStore):
             if at >= oldest:
                 entries.append(Entry(int(ident.partition("-")[0]), event, payload, at))
         return epoch, top, entries
+
+
+class AppendOutcomeUnknown(ConnectionError):
+    """The link to the store failed while an append was on its way: it may be stored."""
 
 
 class _Pending:
@@ -602,6 +610,16 @@ class HistoryService:
             # new epoch once the store answers again, so recovering clients are told.
             self._broken.add(topic)
             self.unstored += 1
+            if isinstance(exc, AppendOutcomeUnknown):
+                # It may be in the stream (Redis ran the append, the reply was lost): sent now
+                # without a position, it would reach a client twice, the second time in the
+                # replay of a recovery across it (before the new epoch). It reaches clients
+                # from the stream if it is there (gap repair, recovery); if not, the new epoch
+                # tells them.
+                self._warn("store", logging.WARNING,
+                           "cannot tell whether a broadcast on %s was stored in its history "
+                           "(%s): not delivering it without a position", topic, exc)
+                return
             self._warn("store", logging.WARNING,
                        "cannot store a broadcast on %s in its history (%s): delivering it "
                        "without a position", topic, exc)
@@ -735,7 +753,19 @@ class HistoryService:
             return RecoveryPlan(False, epoch, top)  # a first join: here is where to start
         if last_n is not None:
             # A first join that wants the recent past (e.g. a chat's last messages).
-            return RecoveryPlan(False, epoch, top, entries[-last_n:] if last_n else [])
+            want = min(last_n, config.size)
+            if want and top and (not entries or entries[-1].offset < top):
+                # That read began at the oldest entry kept, and Redis trims streams only
+                # approximately (it may keep more than size): read the newest ones.
+                try:
+                    with trio.fail_after(2.0):
+                        again, _, newest = await self.store.since(
+                            topic, max(0, top - want), config, want)
+                    entries = newest if again == epoch else []
+                except (Exception, trio.TooSlowError):
+                    entries = []
+            replay = [e for e in entries if e.offset <= top][-want:] if want else []
+            return RecoveryPlan(False, epoch, top, replay)
         plan = plan_recovery(parsed, epoch, top, entries)
         if plan.recovered:
             self.recoveries += 1

@@ -18,7 +18,9 @@
 // (phoenix.js evaluates params given as a function on every join and rejoin), so after a
 // network blip, a server restart or a move to another node the server replays what was
 // missed before going live. The join reply's `phx_recovery` says whether that worked
-// (`recovered`), and `onRecovery(info)` is called with it after every join.
+// (`recovered`), and `onRecovery(info)` is called with it after every join; also when a
+// live broadcast shows the stream's epoch changed while the channel stayed joined (then
+// `info.reason` is "epoch changed" and `info.offset` is just before that broadcast).
 //
 // Options: `initial` (N): on a first join (no position yet), replay the newest N stored
 // broadcasts (e.g. a chat's recent messages); `position` ({offset, epoch}) to start from;
@@ -45,12 +47,25 @@ export function recoverable(socket, topic, params = {}, options = {}) {
     }
   };
 
+  const report = (info) => {
+    if (options.onRecovery) {
+      try { options.onRecovery(info); } catch (err) { console.error(err); }
+    }
+  };
+
   const previous = channel.onMessage.bind(channel);
   channel.onMessage = (event, payload, ref, joinRef) => {
     if (payload && typeof payload === "object") {
       const pos = payload.phx_pos;
       if (isPosition(pos) && (!last || pos.epoch !== last.epoch || pos.offset > last.offset)) {
+        const lost = last && last.epoch && pos.epoch !== last.epoch;
         remember(pos);
+        if (lost) {
+          // The stream was lost while this channel stayed joined (Redis restarted empty,
+          // broadcasts that could not be stored): what came in between cannot be recovered.
+          report({recovered: false, epoch: pos.epoch, offset: pos.offset - 1, replayed: 0,
+                  reason: "epoch changed"});
+        }
       }
       const info = event === "phx_reply" && payload.response && payload.response.phx_recovery;
       if (info && typeof info === "object" && typeof info.epoch === "string") {
@@ -58,9 +73,7 @@ export function recoverable(socket, topic, params = {}, options = {}) {
           // Nothing to replay (a first join, or too far behind): go on from the stream's end.
           remember({offset: info.offset, epoch: info.epoch});
         }
-        if (options.onRecovery) {
-          try { options.onRecovery(info); } catch (err) { console.error(err); }
-        }
+        report(info);
       }
     }
     return previous(event, payload, ref, joinRef);
