@@ -27,10 +27,13 @@ class RedisServer:
 
     Use as a context manager (starts it, stops it on exit); :meth:`stop`, :meth:`start` and
     :meth:`restart` keep the same port, so clients can reconnect to :attr:`url`. Nothing is
-    persisted: a restart comes back empty.
+    persisted: a restart comes back empty, unless ``appendonly=True`` (an append-only file
+    fsynced on every write, in the server's own temporary directory: a restart, even after
+    SIGKILL, comes back with the data).
     """
 
-    def __init__(self, port: int | None = None, *, start_timeout: float = 10.0) -> None:
+    def __init__(self, port: int | None = None, *, start_timeout: float = 10.0,
+                 appendonly: bool = False) -> None:
         executable = shutil.which("redis-server")
         if executable is None:
             raise RedisServerMissing(
@@ -39,6 +42,7 @@ class RedisServer:
         self.executable = executable
         self.port = port if port is not None else free_port()
         self.start_timeout = start_timeout
+        self.appendonly = appendonly
         self.process: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="trio-channels-redis-")
         self.log_path = Path(self._dir.name) / "redis.log"
@@ -58,7 +62,9 @@ class RedisServer:
         with open(self.log_path, "ab") as logfile:
             self.process = subprocess.Popen(
                 [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no", "--dir", self._dir.name],
+                 "--save", "", "--dir", self._dir.name,
+                 *(["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly
+                   else ["--appendonly", "no"])],
                 stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + self.start_timeout
         # No event to wait on: poll the port, briefly and bounded.
@@ -71,6 +77,9 @@ class RedisServer:
                     return
             except OSError:
                 pass
+            except RuntimeError as exc:  # "-LOADING": still reading its append-only file
+                if "LOADING" not in str(exc):
+                    raise
             if time.monotonic() > deadline:
                 self.stop(kill=True)
                 raise TimeoutError(f"redis-server on port {self.port} did not start in "
