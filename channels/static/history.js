@@ -69,8 +69,9 @@ export function recoverable(socket, topic, params = {}, options = {}) {
       }
       const info = event === "phx_reply" && payload.response && payload.response.phx_recovery;
       if (info && typeof info === "object" && typeof info.epoch === "string") {
-        if (!info.recovered) {
+        if (!info.recovered && info.epoch) {
           // Nothing to replay (a first join, or too far behind): go on from the stream's end.
+          // (No epoch: the history was unavailable; keep the position we have and retry it.)
           remember({offset: info.offset, epoch: info.epoch});
         }
         report(info);
