@@ -200,13 +200,13 @@ async def test_join_params_callable_is_evaluated_on_every_rejoin(
 
 
 async def test_heartbeats_keep_an_idle_connection_open(own_server: Any) -> None:
-    server = own_server(env={"TEST_IDLE_TIMEOUT": "1"})
+    server = own_server(env={"TEST_IDLE_TIMEOUT": "1.5"})
     closes: list[Any] = []
     with trio.fail_after(30):
-        async with connect(url(server), heartbeat_interval=0.3) as socket:
+        async with connect(url(server), heartbeat_interval=0.5) as socket:
             socket.on_close(lambda code, reason: closes.append(code))
             channel = await socket.join("room:hb")
-            await trio.sleep(2.5)
+            await trio.sleep(3.5)
             assert closes == [] and socket.connections == 1 and channel.joined
             assert await socket.ping() < 1
         # without heartbeats the server's idle timeout closes it (1002); the client comes back
@@ -223,7 +223,7 @@ async def test_heartbeat_timeout_on_a_frozen_server_then_recovery(own_server: An
     with trio.fail_after(40):
         async with connect(url(server), heartbeat_interval=0.5, timeout=1) as socket:
             socket.on_close(lambda code, reason: closes.append((code, reason)))
-            channel = await socket.join("room:frozen")
+            channel = await socket.join("room:frozen", timeout=10)
             first_ref = channel.join_ref
             assert server.proc is not None
             os.kill(server.proc.pid, signal.SIGSTOP)
