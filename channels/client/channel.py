@@ -444,10 +444,8 @@ class ClientChannel:
             return
         if isinstance(payload, dict):
             position: Any = payload.get(POSITION_KEY)
-            if _is_position(position) and (
-                    self._position is None or position["epoch"] != self._position["epoch"]
-                    or position["offset"] > self._position["offset"]):
-                self._position = {"offset": position["offset"], "epoch": position["epoch"]}
+            if _is_position(position):
+                self._note_position(position)
         if event == "phx_close":
             self._closed(payload, message)
             return
@@ -496,14 +494,32 @@ class ClientChannel:
             for stream in list(self._streams):
                 stream._deliver(message)
 
+    def _note_position(self, position: dict[str, Any]) -> None:
+        """Keep the newest position seen (what history.js does)."""
+        last = self._position
+        if last is not None and position["epoch"] == last["epoch"] \
+                and position["offset"] <= last["offset"]:
+            return
+        self._position = {"offset": position["offset"], "epoch": position["epoch"]}
+        if last is not None and last["epoch"] and position["epoch"] != last["epoch"]:
+            # The stream was lost while this channel stayed joined (Redis restarted empty,
+            # broadcasts that could not be stored): what came between cannot be recovered.
+            self._report_recovery({"recovered": False, "epoch": position["epoch"],
+                                   "offset": position["offset"] - 1, "replayed": 0,
+                                   "reason": "epoch changed"})
+
     def _note_recovery(self, response: Any) -> None:
         info: Any = response.get(RECOVERY_KEY) if isinstance(response, dict) else None
         if not isinstance(info, dict) or not isinstance(info.get("epoch"), str):
             return
         self.recovery = info
-        if not info.get("recovered") and type(info.get("offset")) is int:
+        if not info.get("recovered") and info["epoch"] and type(info.get("offset")) is int:
             # Nothing replayed (first join, or too far behind): go on from the stream's end.
+            # (No epoch: the history was unavailable; keep the position and retry it.)
             self._position = {"offset": info["offset"], "epoch": info["epoch"]}
+        self._report_recovery(info)
+
+    def _report_recovery(self, info: dict[str, Any]) -> None:
         if self._on_recovery is not None:
             call_safely(self._on_recovery, info)
 

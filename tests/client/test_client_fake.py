@@ -470,6 +470,20 @@ async def test_history_positions_and_recovery(autojump_clock: trio.testing.MockC
         conn.send(None, None, "feed:1", "post", {"phx_pos": {"offset": 3, "epoch": "e2"}})
         await trio.sleep(0.1)
         assert channel.position == {"offset": 3, "epoch": "e2"}  # a new epoch always wins
+        # ... and is reported: what came between the two epochs is lost
+        assert recoveries[-1] == {"recovered": False, "epoch": "e2", "offset": 2,
+                                  "replayed": 0, "reason": "epoch changed"}
+        assert channel.recovery == info  # (the last join's)
+        conn.close(1012)  # history unavailable: the position is kept for the next rejoin
+        conn = await server.accept()
+        rejoin = await conn.recv_event("phx_join")
+        assert rejoin.payload["phx_pos"] == {"offset": 3, "epoch": "e2"}
+        unavailable = {"recovered": False, "epoch": "", "offset": 0, "replayed": 0,
+                       "reason": "history unavailable"}
+        conn.reply(rejoin, "ok", {"phx_recovery": unavailable})
+        await trio.sleep(0.1)
+        assert recoveries[-1] == unavailable and channel.position == {"offset": 3,
+                                                                      "epoch": "e2"}
 
 
 async def test_presence_diffs_before_state_wait_for_it(
