@@ -570,3 +570,29 @@ async def test_push_nowait(autojump_clock: trio.testing.MockClock) -> None:
         msg = await conn.recv()
         assert msg.event == "buffered" and msg.join_ref == rejoin.join_ref
         assert channel._replies == {} and channel._push_buffer == []
+
+
+def _tasks() -> int:
+    def count(task: trio.lowlevel.Task) -> int:
+        return 1 + sum(count(child) for nursery in task.child_nurseries
+                       for child in nursery.child_tasks)
+    return count(trio.lowlevel.current_root_task())
+
+
+async def test_nothing_is_left_running(autojump_clock: trio.testing.MockClock) -> None:
+    server = FakeServer()
+    before = _tasks()
+    async with connect(URL, transport=server.transport) as socket:
+        channel, conn, join = await _joined(socket, server)
+        conn.send(join.join_ref, None, TOPIC, "phx_error", {})  # a rejoin timer is pending
+        await trio.sleep(0.1)
+        assert _tasks() > before
+    assert _tasks() == before
+    with pytest.raises(ValueError):
+        async with connect(URL, transport=server.transport) as socket:
+            conn = await server.accept()
+            server.down = True
+            conn.close(1012)  # reconnecting: attempts and backoff sleeps
+            await trio.sleep(3)
+            raise ValueError("mine")
+    assert _tasks() == before and channel.state == "closed"
