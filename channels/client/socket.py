@@ -390,7 +390,9 @@ class ClientSocket:
         token = self.auth_token() if callable(self.auth_token) else self.auth_token
         if token is None:
             return None
-        encoded = base64.urlsafe_b64encode(token.encode()).rstrip(b"=").decode("ascii")
+        # As phoenix.js (btoa, "=" stripped); Phoenix decodes it with Base.decode64!/2, the
+        # standard alphabet, whatever the prefix says.
+        encoded = base64.b64encode(token.encode()).rstrip(b"=").decode("ascii")
         return ["phoenix", AUTH_TOKEN_PREFIX + encoded]
 
     async def _serve(self, ws: WebSocketLike, url: str,
