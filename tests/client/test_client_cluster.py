@@ -51,7 +51,7 @@ async def test_node_killed_client_moves_to_the_other_node_and_recovers(
     closes: list[Any] = []
     with trio.fail_after(60):
         async with connect([url(a), url(b)], params={"user": "reader"},
-                           reconnect_after=lambda tries: 1.0) as reader, \
+                           reconnect_after=lambda tries: 2.0) as reader, \
                 connect(url(b), params={"user": "writer"}) as writer:
             reader.on_close(lambda code, reason: closes.append(code))
             feed = reader.channel("feed:cluster", on_recovery=recoveries.append)
@@ -69,7 +69,7 @@ async def test_node_killed_client_moves_to_the_other_node_and_recovers(
             a.proc.wait(10)
             await wait_for(lambda: closes)
             assert closes == [1006] and feed.state == "errored"
-            for n in range(4, 7):  # missed: the reader waits 1 s before reconnecting
+            for n in range(4, 7):  # missed: the reader waits 2 s before reconnecting
                 await out.push("post", {"n": n})
             await wait_for(lambda: len(recoveries) == 2 and feed.joined)
             assert reader.url == url(b) and reader.connections == 2

@@ -302,7 +302,7 @@ async def test_history_recovery_across_a_reconnect(client_app: ServerProcess) ->
     closed = trio.Event()
     with trio.fail_after(30):
         async with connect(url(client_app), params={"user": "reader"},
-                           reconnect_after=lambda tries: 1.0) as reader, \
+                           reconnect_after=lambda tries: 2.0) as reader, \
                 connect(url(client_app), params={"user": "writer"}) as writer:
             reader.on_close(lambda code, reason: closed.set())
             feed = reader.channel("feed:rec", on_recovery=recoveries.append)
@@ -317,7 +317,7 @@ async def test_history_recovery_across_a_reconnect(client_app: ServerProcess) ->
             with pytest.raises(ReplyLost):
                 await feed.push("kick")
             await closed.wait()
-            for n in range(4, 9):  # missed while the reader is away (it waits 1 s)
+            for n in range(4, 9):  # missed while the reader is away (it waits 2 s)
                 await out.push("post", {"n": n})
             await wait_for(lambda: len(recoveries) == 2)
             assert recoveries[1]["recovered"] is True and recoveries[1]["replayed"] == 5
