@@ -101,6 +101,7 @@ class _FakeSession:
         self.socket = type("S", (), {"assigns": {}})()
         self.pubsub = type("P", (), {"replan": lambda self, topic: None})()
         self.serializer = object()
+        self.fastlane_key = self.serializer
 
     def deliver_broadcast(self, topic: str, event: str, payload: Any, cache: Any) -> None:
         self.sent.append(payload["phx_pos"]["offset"])
