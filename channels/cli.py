@@ -145,10 +145,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve_command(args: argparse.Namespace) -> int:
+    from channels.api import API_KEYS_ENV
     from channels.config import BindError, ConfigError
     from channels.redis import NodeNameInUse
 
     endpoint = load_endpoint(args.app)
+    api_keys = os.environ.get(API_KEYS_ENV, "").strip()
+    if api_keys:  # never a flag: the command line of a process is visible to every user
+        try:
+            endpoint.enable_api(api_keys)
+        except ValueError as exc:
+            raise UsageError(f"{API_KEYS_ENV}: {exc}") from None
     if args.metrics_port is not None:
         endpoint.enable_metrics(args.metrics_port)
     if args.redis_url:

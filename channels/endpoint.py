@@ -12,7 +12,7 @@ import itertools
 import logging
 import socket as stdsocket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,6 +21,7 @@ import trio
 
 from channels import http
 from channels import logging as chlog
+from channels.api import MAX_BODY, HttpApi, Relay
 from channels.config import BindError, ConfigError, check_endpoint
 from channels.connection import Connection
 from channels.frames import CLOSE_PROTOCOL_ERROR, CLOSE_SERVICE_RESTART
@@ -92,6 +93,7 @@ class Endpoint:
         lifespan: Lifespan | None = None,
         metrics_port: int | None = None,
         metrics_host: str | None = None,
+        api_keys: Iterable[str] | None = None,
     ) -> None:
         self.sockets = {mount.rstrip("/"): cls for mount, cls in sockets.items()}
         self.pubsub = pubsub if pubsub is not None else PubSub()
@@ -130,6 +132,12 @@ class Endpoint:
         self.metrics: Metrics | None = None
         if metrics_port is not None:
             self.enable_metrics(metrics_port, metrics_host)
+        #: The HTTP API under ``/api`` (see :meth:`enable_api`), or None when off.
+        self.api: HttpApi | None = None
+        if api_keys:
+            self.enable_api(api_keys)
+        #: Broadcasts what relaying publishers (``Publisher(relay=True)``) send this node.
+        self.relay = Relay(self)
 
     def session_ended(self, session: SocketSession) -> None:
         """Called by a session when its connection is gone."""
@@ -174,6 +182,19 @@ class Endpoint:
 
     def unsubscribe(self, topic: str, subscriber: Subscriber) -> None:
         self.pubsub.unsubscribe(topic, subscriber)
+
+    def enable_api(self, keys: str | Iterable[str], *, prefix: str = "/api",
+                   max_body: int = MAX_BODY) -> HttpApi:
+        """Serve the HTTP API (broadcast, disconnect, presence, history) under ``prefix`` to
+        requests carrying ``Authorization: Bearer <key>`` with one of ``keys`` (a list, or a
+        comma-separated string; 16 characters at least). Called again, it adds the keys.
+        See docs/publishing.md."""
+        if self.api is None:
+            self.api = HttpApi(self, keys, prefix=prefix, max_body=max_body)
+        else:
+            self.api.add_keys(keys)
+            self.api.prefix, self.api.max_body = prefix, max_body
+        return self.api
 
     def enable_metrics(self, port: int = 9568, host: str | None = None) -> Metrics:
         """Serve Prometheus metrics at ``/metrics`` on ``host:port`` (``host`` defaults to the
@@ -268,6 +289,7 @@ class Endpoint:
                 await services.start(self.history.run)
             if self.presence is not None:
                 await services.start(self.presence.run)
+            await services.start(self.relay.run)
             services.start_soon(self._heartbeat_monitor)
             async with trio.open_nursery() as room_tasks:
                 if self.rooms is not None:
@@ -383,6 +405,9 @@ class Endpoint:
             else:
                 why = b"draining\n" if self.draining else b"not ready: cluster link down\n"
                 await http.send_response(conn, h, 503, why)
+            return None
+        if self.api is not None and self.api.matches(req.path):
+            await self.api.handle(req, conn, h)
             return None
         if req.path == HISTORY_JS_PATH:
             await http.serve_static(conn, h, req, HISTORY_JS)

@@ -8,11 +8,13 @@ parses frames with wsproto's frame layer.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import ipaddress
 import logging
 import mimetypes
 import re
+import socket as stdsocket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,10 +35,16 @@ WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 AUTH_TOKEN_PREFIX = "base64url.bearer.phx."
 HEADER_TIMEOUT = 10.0
 MAX_HEADER_BYTES = 16 * 1024
+#: A request body (read by handlers that take one, see :func:`read_body`) must arrive in time.
+BODY_TIMEOUT = 10.0
+#: After refusing an unread body: how long, and how much of it, to read and drop before closing.
+LINGER_TIMEOUT = 2.0
+LINGER_BYTES = 4 << 20
 
 _REASONS = {
-    200: b"OK", 204: b"No Content", 400: b"Bad Request", 403: b"Forbidden",
-    404: b"Not Found", 405: b"Method Not Allowed", 426: b"Upgrade Required",
+    200: b"OK", 204: b"No Content", 400: b"Bad Request", 401: b"Unauthorized",
+    403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
+    408: b"Request Timeout", 413: b"Content Too Large", 426: b"Upgrade Required",
     429: b"Too Many Requests", 500: b"Internal Server Error", 503: b"Service Unavailable",
 }
 
@@ -110,6 +118,67 @@ async def next_event(h: h11.Connection, conn: Connection) -> Any:
         return event
 
 
+def has_body(req: Request) -> bool:
+    """Whether the request announced a body (a Content-Length above 0, or chunked)."""
+    length = req.header("content-length")
+    return req.header("transfer-encoding") is not None or \
+        (length is not None and length.strip() not in ("", "0"))
+
+
+async def read_body(conn: Connection, h: h11.Connection, req: Request, limit: int,
+                    timeout: float = BODY_TIMEOUT) -> bytes:
+    """The request's body, at most ``limit`` bytes, arriving within ``timeout`` seconds.
+
+    Raises :class:`HTTPError` 413 when it is larger (at once when Content-Length says so, before
+    a client waiting for ``100 Continue`` sends it), 408 when it is late and 400 when it is
+    malformed or cut short. After an error the rest of the body is unread: answer with
+    ``connection: close`` and :func:`close_lingering`.
+    """
+    length = req.header("content-length")
+    if length is not None and length.strip().isdigit() and int(length) > limit:
+        raise HTTPError(413, f"request body larger than {limit} bytes")
+    if h.they_are_waiting_for_100_continue:
+        conn.write_nowait(h.send(h11.InformationalResponse(status_code=100, headers=[],
+                                                         reason=b"Continue")) or b"")
+    chunks: list[bytes] = []
+    size = 0
+    with trio.move_on_after(timeout):
+        while True:
+            try:
+                event = await next_event(h, conn)
+            except h11.RemoteProtocolError as exc:
+                raise HTTPError(400, f"malformed request body: {exc}") from None
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > limit:
+                    raise HTTPError(413, f"request body larger than {limit} bytes")
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                return b"".join(chunks)
+            else:  # end of stream, or the connection closed
+                raise HTTPError(400, "the request body ended early")
+    raise HTTPError(408, f"the request body did not arrive within {timeout:g}s")
+
+
+async def close_lingering(conn: Connection, timeout: float = LINGER_TIMEOUT,
+                          limit: int = LINGER_BYTES) -> None:
+    """Close after a response sent while the request body was unread: stop sending, then
+    read and drop what the client still sends (at most ``limit`` bytes for ``timeout``
+    seconds) before closing. Closing at once, with unread bytes, resets the connection, and a
+    reset can destroy the response before the client reads it."""
+    await conn.drain(timeout)
+    with contextlib.suppress(OSError):
+        conn.sock.shutdown(stdsocket.SHUT_WR)
+    dropped = 0
+    with trio.move_on_after(timeout):
+        while dropped < limit:
+            data = await conn.receive_some()
+            if not data:
+                break
+            dropped += len(data)
+    conn.abort()
+
+
 async def serve_http(
     endpoint: Endpoint, conn: Connection, host_port: tuple[str, int]
 ) -> SocketSession | None:
@@ -140,8 +209,11 @@ async def serve_http(
             return None
         if session is not None:
             return session
-        # Drain the request body (a GET has none) before the next request.
-        while True:
+        if conn.closed:  # the handler closed it (e.g. after refusing a request body)
+            return None
+        # Drain the request body (a GET has none; a handler may have read it) before the next
+        # request.
+        while h.their_state is not h11.DONE:
             try:
                 ev = await next_event(h, conn)
             except h11.RemoteProtocolError:
