@@ -98,7 +98,7 @@ class Socket:
     unhandled_low_water: ClassVar[int] = 50
     #: A push that waited longer than this (seconds) for its channel is answered
     #: ``{"reason": "overloaded"}`` instead of handled late. ``None``: no limit.
-    max_push_age: ClassVar[float | None] = 5.0
+    max_push_age: ClassVar[float | None] = 0.75
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
