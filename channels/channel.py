@@ -245,7 +245,7 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
         if self.intercept or self.recovering is not None or self.replayed_upto is not None:
             return None
         session = self.session
-        return (session.serializer, session.fastlane_frame, session.conn.write_nowait)
+        return (session.fastlane_key, session.fastlane_frame, session.conn.write_nowait)
 
     def deliver(self, topic: str, event: str, payload: Any, cache: dict[Any, Any]) -> None:
         if self.recovering is not None:
@@ -267,7 +267,7 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
             self.send((_OUT, event, payload))
             return
         session = self.session
-        frame = cache.get(session.serializer)
+        frame = cache.get(session.fastlane_key)
         if frame:  # the common case, inlined: the frame this broadcast already built
             session.conn.write_nowait(frame)
         elif frame is None:

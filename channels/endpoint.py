@@ -238,18 +238,22 @@ class Endpoint:
         host: str = "127.0.0.1",
         port: int | None = 4000,
         *,
+        reuse_port: bool = False,
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on ``host:port`` and serve until cancelled; reports the bound port.
 
         ``port=None`` runs the node without a listener (reports 0): its services, rooms and
         channels work for connections made in-process (see :mod:`channels.testing`).
+        ``reuse_port=True`` sets ``SO_REUSEPORT`` on the listener: several processes of one
+        user listen on the same port and the kernel spreads new connections among them
+        (``trio-channels serve --workers N``, see :mod:`channels.workers`).
         Raises :class:`~channels.config.ConfigError` before listening if the configuration
         is wrong (warnings are logged), and ``OSError`` if the port cannot be bound.
         """
         self.check()
         self.draining = False  # an endpoint may be served again after a drain (tests do)
-        listener = _listen(host, port) if port is not None else None
+        listener = _listen(host, port, reuse_port) if port is not None else None
         bound = listener.getsockname()[1] if listener is not None else 0
         try:
             # Nested so that shutdown is ordered: connections, rooms (handed off), presence,
@@ -535,11 +539,13 @@ def _close_listener(listener: stdsocket.socket | None) -> None:
         listener.close()
 
 
-def _listen(host: str, port: int) -> stdsocket.socket:
+def _listen(host: str, port: int, reuse_port: bool = False) -> stdsocket.socket:
     family = stdsocket.AF_INET6 if ":" in host else stdsocket.AF_INET
     sock = stdsocket.socket(family, stdsocket.SOCK_STREAM)
     try:
         sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(4096)
     except OSError as exc:

@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector
 from channels import http
 from channels.config import BindError
 from channels.connection import Connection
+from channels.longpoll import LongPollSession
 from channels.stats import Histogram
 
 if TYPE_CHECKING:
@@ -151,7 +152,9 @@ class EndpointCollector(Collector):
 
         g = GaugeMetricFamily("channels_connections", "Open client connections",
                               labels=["transport"])
-        g.add_metric(["websocket"], len(ep.sessions))
+        longpoll = sum(1 for s in list(ep.sessions) if isinstance(s, LongPollSession))
+        g.add_metric(["websocket"], len(ep.sessions) - longpoll)
+        g.add_metric(["longpoll"], longpoll)
         yield g
         yield GaugeMetricFamily("channels_joined_channels", "Channels joined on open connections",
                                 value=sum(len(s.state.topics) for s in list(ep.sessions)))

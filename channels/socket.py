@@ -99,6 +99,14 @@ class Socket:
     #: A push that waited longer than this (seconds) for its channel is answered
     #: ``{"reason": "overloaded"}`` instead of handled late. ``None``: no limit.
     max_push_age: ClassVar[float | None] = 0.75
+    #: Serve ``<mount>/websocket`` (Phoenix's ``websocket: true``).
+    websocket: ClassVar[bool] = True
+    #: Serve ``<mount>/longpoll``, the LongPoll transport (phoenix.js ``LongPoll`` and its
+    #: ``longPollFallbackMs``); see docs/guide.md#longpoll.
+    longpoll: ClassVar[bool] = True
+    #: LongPoll: how long a poll waits for messages (seconds; Phoenix's ``window_ms``). A
+    #: session that gets no poll for 1.5 times this ends, as in Phoenix.
+    longpoll_window: ClassVar[float] = 10.0
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -163,6 +171,9 @@ class SocketSession:
         self.endpoint = endpoint
         self.socket = socket
         self.serializer = serializer
+        #: What fastlane broadcasts are cached by: sessions with equal keys get the same bytes
+        #: (a LongPoll session has its own key: its messages are not WebSocket frames).
+        self.fastlane_key: Any = serializer
         self.conn = conn
         self.pubsub = endpoint.pubsub
         self.counters = endpoint.counters
@@ -228,10 +239,10 @@ class SocketSession:
     def deliver_broadcast(self, topic: str, event: str, payload: Any,
                           cache: dict[Any, Any]) -> None:
         """Fastlane: the broadcast is encoded and framed once per serializer."""
-        ser = self.serializer
-        frame = cache.get(ser)
+        key = self.fastlane_key
+        frame = cache.get(key)
         if frame is None:
-            frame = cache[ser] = self.fastlane_frame(topic, event, payload)
+            frame = cache[key] = self.fastlane_frame(topic, event, payload)
         if frame:
             counters = self.counters
             counters.messages_out += 1

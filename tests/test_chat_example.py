@@ -67,7 +67,7 @@ def test_app_js_loads_phoenix_from_the_server(server: ServerProcess) -> None:
     assert ctype.split(";")[0] in ("text/javascript", "application/javascript")
     assert b'import {Presence, Socket} from "/js/phoenix.mjs";' in body
     assert b'import {recoverable} from "/trio-channels/history.js";' in body
-    assert b'new Socket("/socket")' in body
+    assert b'new Socket("/socket", {longPollFallbackMs: 2500})' in body
     assert b"initial: RECENT" in body and b"const RECENT = 50;" in body
     assert b"innerHTML" not in body  # user text is only ever set with textContent
 

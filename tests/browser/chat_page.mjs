@@ -64,11 +64,16 @@ export function launch() {
 
 // A console message Chromium logs when a WebSocket cannot connect (a server that is down).
 const WS_FAILED = /^WebSocket connection to '.*' failed/;
+// A page whose WebSocket failed may go on with LongPoll (the chat page sets
+// longPollFallbackMs): its requests fail too while the server is down, get 503 while it
+// drains, and are cancelled when the page reloads or closes.
+const LONGPOLL = /\/socket\/longpoll(\?|$)/;
+const LONGPOLL_FAILED = /^net::ERR_(CONNECTION_REFUSED|CONNECTION_RESET|EMPTY_RESPONSE|ABORTED)$/;
 
 // A page in a context of its own (its own storage and WebSocket, like another browser), with
 // console errors and warnings, page errors, failed requests and HTTP errors recorded as problems.
-// With `disconnects` (an array), failed WebSocket connections go there instead: expected while
-// a server restarts.
+// With `disconnects` (an array), failed WebSocket connections and LongPoll requests go there
+// instead: expected while a server restarts.
 export async function openPage(browser, url, label, problems, disconnects = null) {
   const context = await browser.newContext({viewport: {width: 900, height: 620}});
   const page = await context.newPage();
@@ -76,15 +81,23 @@ export async function openPage(browser, url, label, problems, disconnects = null
   page.on("console", (msg) => {
     if (msg.type() !== "error" && msg.type() !== "warning") return;
     const text = `${label} console ${msg.type()}: ${msg.text()}`;
-    if (disconnects && WS_FAILED.test(msg.text())) disconnects.push(text);
+    const failedPoll = LONGPOLL.test(msg.location()?.url || "") &&
+      /^Failed to load resource: (net::ERR_|the server responded with a status of 503)/.test(msg.text());
+    if (disconnects && (WS_FAILED.test(msg.text()) || failedPoll)) disconnects.push(text);
     else problems.push(text);
   });
   page.on("pageerror", (err) => problems.push(`${label} page error: ${err.message}`));
   page.on("requestfailed", (req) => {
-    problems.push(`${label} request failed: ${req.url()} ${req.failure()?.errorText}`);
+    const text = `${label} request failed: ${req.url()} ${req.failure()?.errorText}`;
+    if (disconnects && LONGPOLL.test(req.url()) && LONGPOLL_FAILED.test(req.failure()?.errorText))
+      disconnects.push(text);
+    else problems.push(text);
   });
   page.on("response", (resp) => {
-    if (resp.status() >= 400) problems.push(`${label} HTTP ${resp.status()}: ${resp.url()}`);
+    if (resp.status() < 400) return;
+    const text = `${label} HTTP ${resp.status()}: ${resp.url()}`;
+    if (disconnects && resp.status() === 503 && LONGPOLL.test(resp.url())) disconnects.push(text);
+    else problems.push(text);
   });
   await page.goto(url);
   await page.waitForSelector('body[data-connection="online"]');

@@ -5,6 +5,7 @@
 // Reads one JSON command per line on stdin and writes one JSON event per line on stdout.
 // Commands (all carry "id", the client's name):
 //   {"op":"connect","id":"a","url":"ws://127.0.0.1:4000/socket","params":{...}}
+//       (+ "transport":"longpoll" for phoenix.js's LongPoll instead of the `ws` WebSocket)
 //   {"op":"join","id":"a","topic":"room:x","params":{...}}   // also tracks phoenix.js Presence
 //   {"op":"push","id":"a","topic":"room:x","event":"e","payload":{...},"tag":"t1"}
 //   {"op":"list","id":"a","topic":"room:x","tag":"t2"}       // -> {"ev":"list","list":{key:[refs]}}
@@ -16,7 +17,7 @@
 // Presence lists are reported as {key: [phx_ref, ...]} sorted, so tests can compare exactly.
 // A watchdog (DRIVER_WATCHDOG_MS, default 60 s) ends the process on its own.
 
-import { Presence, Socket } from "phoenix";
+import { LongPoll, Presence, Socket } from "phoenix";
 import WebSocket from "ws";
 import readline from "node:readline";
 
@@ -49,9 +50,9 @@ function metasList(presence) {
 }
 
 const handlers = {
-  connect({ id, url, params, opts }) {
+  connect({ id, url, params, opts, transport }) {
     const socket = new Socket(url, {
-      transport: WebSocket,
+      transport: transport === "longpoll" ? LongPoll : WebSocket,
       params: params || {},
       reconnectAfterMs: () => 50,
       rejoinAfterMs: () => 50,

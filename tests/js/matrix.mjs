@@ -11,8 +11,11 @@
 // ship only the CommonJS/UMD bundle priv/static/phoenix.js (loaded with require); 1.6 and later
 // also ship an ES module (priv/static/phoenix.mjs, loaded with import()). 1.3's Presence has
 // only the static syncState/syncDiff/list API; 1.4 and later have `new Presence(channel)`.
-// "transport" picks the phoenix transport from TRANSPORTS below; only "websocket" (the `ws`
-// package) so far.
+// "transport" picks the phoenix transport from TRANSPORTS below: "websocket" (the `ws`
+// package) or "longpoll" (the release's own LongPoll, 1.7 and later: on Node's fetch for 1.8,
+// whose Ajax falls back to it; through a small XMLHttpRequest shim over fetch for 1.7, whose
+// Ajax knows only XMLHttpRequest). LongPoll clients send no heartbeats (skipHeartbeat), so
+// their "heartbeat" result is {skipped: true}.
 //
 // Every client runs the scenario below concurrently; at one point they all wait for the server
 // to restart. Output (stdout, one item per line):
@@ -35,6 +38,10 @@ const WATCHDOG_MS = Number(process.env.MATRIX_WATCHDOG_MS || 60000);
 const WAIT_MS = 10000;
 const HEARTBEAT_MS = 200;
 const config = JSON.parse(process.argv[2] || "{}");
+// phoenix.js bundles take their global object from `self` or `window`, which Node lacks; 1.7's
+// ES module then has none at all (its Ajax reads global.XMLHttpRequest from undefined). Give
+// Node's global object the name browsers and workers have for it.
+globalThis.self ??= globalThis;
 
 // ---------------------------------------------------------------------------------------
 // Loading one release of the client
@@ -52,10 +59,10 @@ async function loadPhoenix(pkg) {
     mod = require(pkg);
     kind = "cjs";
   }
-  const { Socket, Presence } = mod;
+  const { Socket, Presence, LongPoll } = mod;
   if (typeof Socket !== "function" || !Presence) throw new Error(`${pkg}: no Socket/Presence in ${file}`);
-  return { Socket, Presence, info: { pkg, name: meta.name, version: meta.version, kind,
-                                     file: file.slice(file.lastIndexOf(`node_modules/${pkg}/`)) } };
+  return { Socket, Presence, LongPoll, info: { pkg, name: meta.name, version: meta.version, kind,
+                                               file: file.slice(file.lastIndexOf(`node_modules/${pkg}/`)) } };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -84,6 +91,67 @@ function frameOf(data, isBinary) {
 const isFrame = (f) => Array.isArray(f) && f.length === 5;
 
 // ---------------------------------------------------------------------------------------
+// A minimal XMLHttpRequest over fetch, for phoenix.js releases whose Ajax has no fetch path
+// (1.7): what its LongPoll uses of it. abort() fires no events (the request is dropped).
+
+class FetchXMLHttpRequest {
+  constructor() {
+    this.readyState = 0;
+    this.status = 0;
+    this.responseText = "";
+    this.timeout = 0;
+    this.headers = {};
+    this.controller = new AbortController();
+    this.aborted = false;
+  }
+
+  open(method, url) {
+    this.method = method;
+    this.url = url;
+    this.readyState = 1;
+  }
+
+  setRequestHeader(name, value) {
+    this.headers[name] = value;
+  }
+
+  send(body) {
+    let timedOut = false;
+    const timer = this.timeout ? setTimeout(() => { timedOut = true; this.controller.abort(); }, this.timeout) : null;
+    const done = () => {
+      clearTimeout(timer);
+      this.readyState = 4;
+    };
+    fetch(this.url, { method: this.method, headers: this.headers, body: body ?? undefined,
+                      signal: this.controller.signal })
+      .then(async (resp) => {
+        const text = await resp.text();
+        if (this.aborted) return;
+        done();
+        this.status = resp.status;
+        this.responseText = text;
+        if (this.onreadystatechange) this.onreadystatechange();
+      })
+      .catch(() => {
+        if (this.aborted) return;
+        done();
+        if (timedOut) {
+          if (this.ontimeout) this.ontimeout();
+          return;
+        }
+        // a network error: as in browsers, readystatechange (DONE, status 0), then error
+        if (this.onreadystatechange) this.onreadystatechange();
+        if (this.onerror) this.onerror();
+      });
+  }
+
+  abort() {
+    this.aborted = true;
+    this.controller.abort();
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // Transports: name -> (run, socket name) -> the `transport` option of phoenix's Socket. Each
 // notes {k: "connect_attempt", url}, and every frame as {k: "sent"|"recv", frame} (see frameOf).
 
@@ -100,6 +168,47 @@ const TRANSPORTS = {
       run.note({ k: "sent", sock: name, frame: frameOf(data, typeof data !== "string") });
       return super.send(data, ...rest);
     }
+  },
+  // the release's own LongPoll, recording what it posts and what its polls deliver
+  longpoll: (run, name) => {
+    const { LongPoll } = run;
+    if (!LongPoll) throw new Error(`${run.spec.pkg} has no LongPoll`);
+    const needsShim = run.shimXHR;
+    return class RecordingLongPoll extends LongPoll {
+      constructor(url, protocols) {
+        super(url, protocols);
+        run.note({ k: "connect_attempt", sock: name, url, poll_url: this.pollEndpoint });
+      }
+
+      // LongPoll delivers each message with this.onmessage({data}): record it on the way
+      get onmessage() {
+        return this.recordingOnMessage;
+      }
+
+      set onmessage(fn) {
+        this.recordingOnMessage = (event) => {
+          run.note({ k: "recv", sock: name, frame: frameOf(event.data, typeof event.data !== "string") });
+          return fn(event);
+        };
+      }
+
+      send(body) {
+        run.note({ k: "sent", sock: name, frame: frameOf(body, typeof body !== "string") });
+        return super.send(body);
+      }
+
+      ajax(...args) {
+        if (!needsShim) return super.ajax(...args);
+        const saved = globalThis.XMLHttpRequest;
+        globalThis.XMLHttpRequest = FetchXMLHttpRequest;
+        try {
+          return super.ajax(...args);
+        } finally {
+          if (saved === undefined) delete globalThis.XMLHttpRequest;
+          else globalThis.XMLHttpRequest = saved;
+        }
+      }
+    };
   },
 };
 
@@ -281,6 +390,7 @@ async function scenario(run) {
   await Promise.all(["a", "b", "pa", "pb"].map((s) => run.waitFor(`${s} open`, isOpen(s))));
   R.connect = {
     urls: Object.fromEntries(["a", "b", "pa", "pb"].map((s) => [s, run.events.find((e) => e.k === "connect_attempt" && e.sock === s).url])),
+    poll_urls: Object.fromEntries(["a", "b", "pa", "pb"].map((s) => [s, run.events.find((e) => e.k === "connect_attempt" && e.sock === s).poll_url ?? null])),
   };
 
   // join, push/reply
@@ -336,10 +446,17 @@ async function scenario(run) {
     frames_b: run.frames("recv", "pb", (f) => f[3] === "presence_state" || f[3] === "presence_diff").map((f) => f[3]),
   };
 
-  // heartbeats on a (every HEARTBEAT_MS), each answered
-  await run.waitFor("5 heartbeat replies on a", (e) => e.k === "recv" && e.sock === "a" && isFrame(e.frame) && isHbReply(e.frame), { count: 5 });
+  // heartbeats on a (every HEARTBEAT_MS), each answered; a LongPoll connection sends none
+  // (its transport's skipHeartbeat): its polls keep the session alive
+  const skipsHeartbeats = Boolean(a.conn && a.conn.skipHeartbeat);
+  if (skipsHeartbeats) {
+    await new Promise((r) => setTimeout(r, 5 * HEARTBEAT_MS));
+  } else {
+    await run.waitFor("5 heartbeat replies on a", (e) => e.k === "recv" && e.sock === "a" && isFrame(e.frame) && isHbReply(e.frame), { count: 5 });
+  }
   R.heartbeat = {
     interval_ms: HEARTBEAT_MS,
+    skipped: skipsHeartbeats,
     sent: run.frames("sent", "a", isHb),
     replies: run.frames("recv", "a", isHbReply),
     closes_a: run.count((e) => e.k === "close" && e.sock === "a"),
@@ -362,9 +479,11 @@ async function scenario(run) {
     const l = presA.list();
     return sameKeys(l, ["alice"]) && l.alice.length === 1 && l.alice[0].phx_ref !== listA.alice[0].phx_ref;
   });
-  const hbBefore = run.count((e) => e.k === "recv" && e.sock === "a" && isFrame(e.frame) && isHbReply(e.frame));
-  await run.waitFor("heartbeats go on after the restart",
-                    (e) => e.k === "recv" && e.sock === "a" && isFrame(e.frame) && isHbReply(e.frame), { count: hbBefore + 2 });
+  if (!skipsHeartbeats) {
+    const hbBefore = run.count((e) => e.k === "recv" && e.sock === "a" && isFrame(e.frame) && isHbReply(e.frame));
+    await run.waitFor("heartbeats go on after the restart",
+                      (e) => e.k === "recv" && e.sock === "a" && isFrame(e.frame) && isHbReply(e.frame), { count: hbBefore + 2 });
+  }
   R.restart = {
     closes: Object.fromEntries(["a", "b", "pa", "pb"].map((s) => [s, run.events.filter((e) => e.k === "close" && e.sock === s).map((e) => e.code)])),
     opens: Object.fromEntries(["a", "b", "pa", "pb"].map((s) => [s, run.count(isOpen(s))])),
@@ -403,8 +522,9 @@ async function runClient(run) {
   const { spec } = run;
   const out = { ok: false, error: null, module: null, result: run.result };
   try {
-    const { Socket, Presence, info } = await loadPhoenix(spec.pkg);
-    Object.assign(run, { Socket, Presence });
+    const { Socket, Presence, LongPoll, info } = await loadPhoenix(spec.pkg);
+    // 1.7's Ajax has only XMLHttpRequest (1.8 falls back to fetch, as Node has)
+    Object.assign(run, { Socket, Presence, LongPoll, shimXHR: /^1\.[0-7]\./.test(info.version) });
     out.module = info;
     await scenario(run);
     out.ok = true;

@@ -42,7 +42,10 @@ const timeFormat = new Intl.DateTimeFormat([], {hour: "2-digit", minute: "2-digi
 
 // -- state --------------------------------------------------------------------------------
 
-const socket = new Socket("/socket");   // resolves against location.host
+// Resolves against location.host. Behind a proxy that blocks WebSockets, phoenix.js falls
+// back to LongPoll (/socket/longpoll) when the WebSocket fails or has not opened within 2.5 s,
+// as Phoenix's generated apps do, and remembers that for the tab (sessionStorage).
+const socket = new Socket("/socket", {longPollFallbackMs: 2500});
 let channel = null;                     // the phoenix Channel of the current room
 let pending = null;                     // a join in progress (to another room or name)
 let joins = 0;                          // joinRoom calls so far (a later one supersedes)
