@@ -30,6 +30,7 @@ from channels.http import HTTPError, Request
 from channels.lifecycle import Hook, Lifespan, Service, run_hooks
 from channels.limits import TokenBucket
 from channels.logutil import Throttled
+from channels.longpoll import LongPoll
 from channels.pubsub import PubSub, Subscriber
 from channels.serializer import serializer_for_vsn
 from channels.socket import Refuse, Socket, SocketSession
@@ -94,6 +95,7 @@ class Endpoint:
         metrics_port: int | None = None,
         metrics_host: str | None = None,
         api_keys: Iterable[str] | None = None,
+        secret_key: str | bytes | None = None,
     ) -> None:
         self.sockets = {mount.rstrip("/"): cls for mount, cls in sockets.items()}
         self.pubsub = pubsub if pubsub is not None else PubSub()
@@ -119,7 +121,11 @@ class Endpoint:
         self.max_connections = max_connections
         self._connection_rate = TokenBucket(*connection_rate) if connection_rate else None
         self.draining = False
-        self._ws_paths = {mount + "/websocket": cls for mount, cls in self.sockets.items()}
+        self._ws_paths = {mount + "/websocket": cls for mount, cls in self.sockets.items()
+                          if getattr(cls, "websocket", True)}
+        #: The LongPoll transport (``<mount>/longpoll``); ``secret_key`` (else the
+        #: TRIO_CHANNELS_SECRET_KEY environment variable, else a random key) signs its tokens.
+        self.longpoll = LongPoll(self, secret_key)
         self._cancel: trio.CancelScope | None = None
         self._connections: trio.Nursery | None = None
         self._all_closed = trio.Event()
@@ -294,6 +300,7 @@ class Endpoint:
             if self.presence is not None:
                 await services.start(self.presence.run)
             await services.start(self.relay.run)
+            self.longpoll.start()
             services.start_soon(self._heartbeat_monitor)
             async with trio.open_nursery() as room_tasks:
                 if self.rooms is not None:
@@ -320,6 +327,7 @@ class Endpoint:
     def check(self) -> None:
         """Validate the configuration: raise ConfigError listing every error, log warnings."""
         errors, warnings = check_endpoint(self)
+        errors += self.longpoll.problems()
         for warning in warnings:
             log.warning("configuration: %s", warning)
         if errors:
@@ -416,6 +424,10 @@ class Endpoint:
         if req.path == HISTORY_JS_PATH:
             await http.serve_static(conn, h, req, HISTORY_JS)
             return None
+        lp_socket = self.longpoll.paths.get(req.path)
+        if lp_socket is not None:
+            await self.longpoll.handle(lp_socket, req, conn, h)
+            return None
         socket_cls = self._ws_paths.get(req.path)
         if socket_cls is not None:
             start = time.perf_counter()
@@ -509,9 +521,13 @@ class Endpoint:
         the time, so a scan costs O(connections) and a message O(1) (writes likewise only set
         a flag, see ``Connection.write_stall``). Scans run four times per (shortest) timeout:
         a silent client is dropped between 1 and 1.5 timeouts, a stalled reader likewise.
+        LongPoll sessions are scanned alike: polls set their ``conn.active`` (an Outbox), their
+        timeout is 1.5 poll windows, and their write stall is always 0 (they are judged by
+        their polls; their queue is bounded by ``max_buffer``).
         """
         timeouts = [min(cls.idle_timeout, cls.write_timeout)
                     for cls in self.sockets.values()] or [60.0]
+        timeouts += [cls.longpoll_window * 1.5 for cls in self.longpoll.paths.values()]
         interval = max(min(timeouts) / 4, 0.005)
         while True:
             await trio.sleep(interval)
