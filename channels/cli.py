@@ -55,7 +55,7 @@ def load_endpoint(spec: str) -> Endpoint:
 
 
 async def serve(endpoint: Endpoint, host: str, port: int,
-                on_ready: Callable[[int], None] | None = None) -> None:
+                on_ready: Callable[[int], None] | None = None, reuse_port: bool = False) -> None:
     """Serve until SIGINT or SIGTERM, then drain clients and return.
 
     Signals are watched from the start, whatever state the node is in (starting, Redis down,
@@ -67,7 +67,7 @@ async def serve(endpoint: Endpoint, host: str, port: int,
             serving = False
 
             async def run_endpoint(task_status: trio.TaskStatus[int]) -> None:
-                await endpoint.serve(host, port, task_status=task_status)
+                await endpoint.serve(host, port, reuse_port=reuse_port, task_status=task_status)
                 nursery.cancel_scope.cancel()  # serve() returned: stop watching signals
 
             async def watch_signals() -> None:
@@ -125,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
                    default=os.environ.get("TRIO_CHANNELS_METRICS_PORT"),
                    help="serve Prometheus metrics at /metrics on this port, on --host "
                         "(default: off)")
+    p.add_argument("--workers", type=int, default=os.environ.get("TRIO_CHANNELS_WORKERS"),
+                   help="run N worker processes on the port as one cluster, under a supervisor "
+                        "that restarts them; without --redis-url they connect through a "
+                        "private redis-server (default: this process serves alone)")
+    p.add_argument("--reuse-port", action="store_true",
+                   help="listen with SO_REUSEPORT (several processes on one port)")
     from channels.client.cli import add_arguments as add_client_arguments
 
     add_client_arguments(sub.add_parser(
@@ -137,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     from channels.logging import configure
 
     configure(format=args.log_format, level=args.log_level)
+    if args.workers is not None:  # the supervisor of N worker processes
+        from channels.workers import supervise
+
+        return supervise(args)
     try:
         return _serve_command(args)
     except UsageError as exc:
@@ -167,13 +177,20 @@ def _serve_command(args: argparse.Namespace) -> int:
             raise UsageError(f"--redis-url: {exc}") from None
     elif args.node_name:
         endpoint.pubsub.adapter.node_name = args.node_name
+    from channels.workers import WORKER_ENV, setup_worker, worker_ready_line
+
+    worker = os.environ.get(WORKER_ENV)
+    if worker:  # started by `serve --workers N`: tag log lines with the node name
+        setup_worker(worker, args.node_name or worker)
 
     def ready(port: int) -> None:
         # Tests and scripts wait for this line to know the node is up.
+        if worker:  # for the supervisor (channels.workers)
+            print(worker_ready_line(worker, endpoint), flush=True)
         print(f"trio-channels: serving on http://{args.host}:{port}", flush=True)
 
     try:
-        trio.run(serve, endpoint, args.host, args.port, ready)
+        trio.run(serve, endpoint, args.host, args.port, ready, args.reuse_port)
     except Exception as exc:
         if (conflict := _leaf(exc, NodeNameInUse)) is not None:
             raise UsageError(f"node name {args.node_name!r} is already in use by a live node "
