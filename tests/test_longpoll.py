@@ -638,3 +638,17 @@ async def test_secret_key_config(monkeypatch: pytest.MonkeyPatch,
     ep.pubsub.adapter = ClusterAdapter()
     ep.longpoll.start()
     assert "same secret key" not in caplog.text
+
+
+async def test_metrics_count_longpoll_sessions_apart(endpoint: Endpoint,
+                                                      client: LongPollClient) -> None:
+    from channels.metrics import EndpointCollector
+
+    await client.connect()
+    await client.join("room:metrics")
+    async with connect(endpoint.port) as ws:  # type: ignore[attr-defined]
+        await ws.join("room:metrics", "1", "1")
+        [gauge] = [m for m in EndpointCollector(endpoint).collect()
+                   if m.name == "channels_connections"]
+        by_transport = {s.labels["transport"]: s.value for s in gauge.samples}
+        assert by_transport == {"websocket": 1, "longpoll": 1}
