@@ -13,6 +13,7 @@ import logging
 import secrets
 from bisect import bisect_left
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -251,6 +252,56 @@ class PubSub:
             fanout.sum += recipients
         if self.on_broadcast is not None:
             self.on_broadcast(topic, event, frames + len(slow) - (ex_key is _SLOW))
+
+    async def local_broadcast_except(self, topic: str, event: str, payload: Any,
+                                     excluded: AbstractSet[Subscriber]) -> None:
+        """:meth:`local_broadcast` to everyone but the members of ``excluded`` (presence
+        leaves out the channels it just sent ``presence_state`` to). A separate loop, so
+        that ordinary broadcasts keep their identity check per recipient."""
+        if not excluded:
+            await self.local_broadcast(topic, event, payload)
+            return
+        plan = self._plans.get(topic)
+        if plan is None:
+            subs = self._topics.get(topic)
+            if not subs:
+                self.broadcasts += 1
+                if self.fanout is not None or self.on_broadcast is not None:
+                    self._observe(topic, event, 0)
+                return
+            plan = self._plans[topic] = _make_plan(subs)
+        groups, slow = plan
+        cache: FrameCache = {}
+        frames = 0
+        for key, encode, members in groups:
+            frame = encode(topic, event, payload)
+            cache[key] = frame
+            if not frame:
+                continue
+            n = 0
+            for start in range(0, len(members), CHECKPOINT_EVERY):
+                for sub, write in members[start:start + CHECKPOINT_EVERY]:
+                    if sub not in excluded:
+                        write(frame)
+                        n += 1
+                if len(members) > CHECKPOINT_EVERY:
+                    await trio.lowlevel.checkpoint()
+            frames += n
+            self.fastlane_bytes += n * len(frame)
+        recipients = frames
+        for i, sub in enumerate(slow, 1):
+            if sub not in excluded:
+                recipients += 1
+                try:
+                    sub.deliver(topic, event, payload, cache)
+                except Exception:
+                    _log_failed(sub, topic, event)
+            if i % CHECKPOINT_EVERY == 0:
+                await trio.lowlevel.checkpoint()
+        self.broadcasts += 1
+        self.fastlane_frames += frames
+        if self.fanout is not None or self.on_broadcast is not None:
+            self._observe(topic, event, recipients)
 
     def _observe(self, topic: str, event: str, recipients: int) -> None:
         if self.fanout is not None:
