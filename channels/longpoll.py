@@ -212,6 +212,22 @@ class Outbox:
 
 Respond = Callable[[int, list[bytes]], Awaitable[None]]
 
+#: A woken poll lets this many scheduling rounds pass at most while messages keep coming.
+_GATHER_ROUNDS = 16
+
+
+async def _gather(outbox: Outbox) -> None:
+    """Let a burst finish before answering: yield while each round adds messages (a stream of
+    broadcasts goes out in a few answers, not one per message); a lone reply costs one
+    scheduling round."""
+    count = len(outbox.items)
+    for _ in range(_GATHER_ROUNDS):
+        await trio.lowlevel.checkpoint()
+        now = len(outbox.items)
+        if now == count or outbox.size > 65536:
+            return
+        count = now
+
 
 class LongPollSession(SocketSession):
     """One LongPoll client: a socket session whose messages wait for polls."""
@@ -341,6 +357,8 @@ class LongPollSession(SocketSession):
                 with trio.move_on_after(self.window):
                     await poll.event.wait()
                 outbox.active = True
+            if outbox.items and not self.closing and poll.outcome != _SUPERSEDED:
+                await _gather(outbox)
             if poll.outcome == _SUPERSEDED:
                 status, items = 204, []
             elif outbox.items:
@@ -605,17 +623,17 @@ class LongPoll:
                     return
             else:
                 reply = await self._forward(node, "poll", {"sid": sid}, socket_cls)
-                if reply is not None:
-                    if reply.get("gone"):
-                        pass  # the owner has no such session: a new one, as Phoenix does
-                    else:
-                        items = reply.get("messages")
-                        if not (isinstance(items, list) and
-                                all(isinstance(i, bytes) for i in items)):
-                            items = []
-                        status = reply.get("status")
-                        await respond(status if status in (200, 204, 410) else 204, items)
-                        return
+                if reply is None:  # the owner took the poll but did not answer in time
+                    await respond(204, [])
+                    return
+                if not reply.get("gone"):  # (gone: a new session, as Phoenix does)
+                    items = reply.get("messages")
+                    if not (isinstance(items, list) and
+                            all(isinstance(i, bytes) for i in items)):
+                        items = []
+                    status = reply.get("status")
+                    await respond(status if status in (200, 204, 410) else 204, items)
+                    return
         await self._new_session(socket_cls, req, conn, h, params)
 
     async def _post(self, req: Request, conn: Connection, h: h11.Connection) -> None:
