@@ -11,7 +11,8 @@ warm-up, ``--duration`` seconds):
   trips/s (a LongPoll round trip is a POST answered 200 plus the poll that delivers the
   reply, then the next poll);
 * ``deliver-100``: 100 clients joined to one topic, one more publishing ``bcast`` with at
-  most 200 broadcasts not yet received by everyone: deliveries/s;
+  most 1,000 broadcasts not yet received by everyone: deliveries/s (and, for LongPoll, the
+  messages a poll answer carried);
 * ``idle`` (``--idle`` clients, default 2,000): each joined to one channel, doing nothing;
   server RSS per client. For LongPoll twice: the sessions alone (the clients closed their
   connections; a session lives on for 15 s), then with each client's poll waiting (what
