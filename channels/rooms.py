@@ -59,6 +59,7 @@ MAX_KEY_LENGTH = 512
 TERMINATE_TIMEOUT = 5.0
 _MAX_SEEN = 100_000  # fencing tokens remembered per node (oldest forgotten first)
 _MAX_CAST_HOPS = 3
+RENEW_BATCH = 500  # leases renewed per store call
 
 R = TypeVar("R", bound="Room")
 
@@ -1242,29 +1243,35 @@ class Rooms:
                     self._lose(act, "its lease could not be renewed in time")
                 else:
                     acts.append(act)
-            if not acts:
+            # Batch by batch, each counted renewed when it returns (from when it was sent):
+            # a pass slower than the margin (many rooms, a slow link) must not stop rooms
+            # whose leases Redis did renew.
+            for start in range(0, len(acts), RENEW_BATCH):
+                await self._renew_batch(acts[start:start + RENEW_BATCH])
+
+    async def _renew_batch(self, acts: list[_Activation]) -> None:
+        t0 = trio.current_time()
+        try:
+            with trio.fail_after(self.lease - self.margin):
+                held = await self.store.renew([act.lease for act in acts], self.lease)
+        except (Exception, trio.TooSlowError) as exc:
+            self._warn("renew", logging.WARNING,
+                       "cannot renew %d room lease(s): %s; they stop in at most %.1fs "
+                       "unless the store answers", len(acts), exc or type(exc).__name__,
+                       self.lease - self.margin)
+            return
+        for act, ok in zip(acts, held, strict=True):
+            if ok and (act.state == "stopping" or not act.holds_lease):
+                # It stops while the renewal was under way, which may re-grant the lease
+                # it gives up: release it again once it has ended.
+                assert self._nursery is not None
+                self._nursery.start_soon(self._release_ended, act)
+            if not act.holds_lease:
                 continue
-            try:
-                with trio.fail_after(self.lease - self.margin):
-                    held = await self.store.renew([act.lease for act in acts], self.lease)
-            except (Exception, trio.TooSlowError) as exc:
-                self._warn("renew", logging.WARNING,
-                           "cannot renew %d room lease(s): %s; they stop in at most %.1fs "
-                           "unless the store answers", len(acts), exc or type(exc).__name__,
-                           self.lease - self.margin)
-                continue
-            for act, ok in zip(acts, held, strict=True):
-                if ok and (act.state == "stopping" or not act.holds_lease):
-                    # It stops while the renewal was under way, which may re-grant the lease
-                    # it gives up: release it again once it has ended.
-                    assert self._nursery is not None
-                    self._nursery.start_soon(self._release_ended, act)
-                if not act.holds_lease:
-                    continue
-                if ok:
-                    act.valid_until = max(act.valid_until, t0 + self.lease - self.margin)
-                else:
-                    self._lose(act, "another node took its lease over")
+            if ok:
+                act.valid_until = max(act.valid_until, t0 + self.lease - self.margin)
+            else:
+                self._lose(act, "another node took its lease over")
 
     async def _release_ended(self, act: _Activation) -> None:
         await act.ended.wait()
