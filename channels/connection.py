@@ -1,7 +1,7 @@
 """A non-blocking TCP connection with a synchronous write path.
 
 Every ``await stream.send_all()`` in trio passes through the scheduler even when the kernel
-takes the bytes at once (DESIGN.md §2). :meth:`Connection.write_nowait` calls ``send()`` on
+takes the bytes at once (measured). :meth:`Connection.write_nowait` calls ``send()`` on
 the non-blocking socket directly and only parks the leftovers in a bounded buffer, which a
 short-lived flusher task drains by awaiting writability.
 

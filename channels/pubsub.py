@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("channels.pubsub")
 
 # A synchronous send loop over thousands of subscribers never yields; checkpoint this often so
-# other connections' latency stays bounded (DESIGN.md §2).
+# other connections' latency stays bounded (measured; see docs/benchmarks.md).
 CHECKPOINT_EVERY = 256
 
 FrameCache = dict[Any, Any]

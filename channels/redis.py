@@ -379,7 +379,7 @@ class RedisAdapter(Adapter):
                 channels=[self.broadcast_channel, self.direct_channel],
                 ignore_subscribe_messages=True,
                 # Without this, coredis reconnects inside and its iterator can end silently
-                # (DESIGN.md §4); we reconnect ourselves and notice every loss.
+                # after a Redis restart; we reconnect ourselves and notice every loss.
                 retry_policy=NoRetryPolicy(),
                 subscription_timeout=self.command_timeout,
                 max_idle_seconds=self.keepalive_interval,
