@@ -1087,7 +1087,8 @@ def print_tables(res: dict[str, Any]) -> None:
                       f"{_fmt(m.get('redis_cpu_pct'))}% | {m['lost']} "
                       f"({m.get('undelivered_b', '-')}) |")
     if "recover" in res:
-        print("\n### 10,000 clients reconnect at once and recover\n")
+        conns = res.get("args", {}).get("recover_conns", 10_000)
+        print(f"\n### {conns:,} clients reconnect at once and recover\n")
         print("| variant | all joined s | all settled s (all caught up?) | caught up p50 / p99 s "
               "| join reply p50 / p99 ms | recovered (refused) | dup / gap | node CPU s (%) | "
               "node µs per client | Redis CPU s (%) | Redis cmds/s (peak) |")
