@@ -5,7 +5,7 @@ identified by the *dot* ``(replica, counter)`` of the event that added it and ha
 writer: only the replica whose ``owner`` tracked it ever adds, updates or removes it. Other
 replicas only hide entries (replica down) or purge them (permdown).
 
-Design choices beyond Phoenix (see ``reference/phoenix-tracker.md``):
+Design choices beyond Phoenix.Tracker (see docs/presence.md):
 
 * Entries are stored per dot; the row ``(replica, topic, owner, key)`` keeps only its newest dot.
   Because a single writer never holds two live dots for one row, *any* known dot of a row with a

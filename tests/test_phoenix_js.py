@@ -6,7 +6,7 @@ frame sent and received on the wire and every client callback (onOpen/onClose/on
 join and push receive hooks, channel.on), prints ``RESULT:<json>`` and exits; the test
 asserts on the concrete frames and values. Mid-scenario server actions (a restart) are
 coordinated through ``READY:<step>`` lines on stdout and a ``go`` line on stdin.
-See /work/shared/reference/phoenix-protocol.md §4 and §9 items 66-72.
+The behaviours follow the Phoenix protocol as docs/guide.md describes it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Unit tests of the presence CRDT state, one behaviour at a time.
 
-Scenario numbers refer to §6 of reference/phoenix-tracker.md.
+Scenario numbers name the Phoenix.Tracker failure scenarios these tests replay.
 """
 
 from __future__ import annotations
