@@ -303,6 +303,10 @@ const scenarios = {
     socket.connect();
     ch.join();
     const first = await waitFor("first join", isJoin("ch", "ok"));
+    // the after_join push comes from a timer, so it may trail a push sent right away: wait
+    // for it, or "boom" can crash the channel before it pushes under load
+    await waitFor("joined after first join", (e) => e.k === "on" && e.event === "joined"
+      && e.join_ref === first.join_ref);
     push(ch, "ch", "boom", {}, 2000); // no reply: the channel crashes
     const error = await waitFor("phx_error", (e) => e.k === "chan_error");
     const second = await waitFor("rejoin", isJoin("ch", "ok"), { count: 2 });
