@@ -31,7 +31,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +70,9 @@ RECOVERY_KEY = "phx_recovery"
 HISTORY_TOPIC = "phx_history"
 MAX_EPOCH_LENGTH = 64
 _MAX_CONFIG_CACHE = 100_000
+
+#: What a store calls with ``(epoch, offset)`` once an append has its position.
+Stored = Callable[[str, int], Awaitable[None]]
 
 
 class History:
@@ -195,6 +198,13 @@ class Sequencer:
     def last(self, topic: str) -> tuple[str, int] | None:
         return self._last.get(topic)
 
+    def start(self, topic: str, epoch: str, offset: int) -> None:
+        """Where a topic this node has not delivered yet starts: its top when first joined
+        here. Without it the first offset to arrive would be the start, and lower ones
+        still on their way from other nodes would be dropped as duplicates."""
+        if topic not in self._last:
+            self.delivered(topic, epoch, offset)
+
     def delivered(self, topic: str, epoch: str, offset: int) -> None:
         last = self._last
         if topic not in last and len(last) >= self.max_topics:
@@ -208,9 +218,14 @@ class HistoryStore(abc.ABC):
     """Where positioned broadcasts are kept."""
 
     @abc.abstractmethod
-    async def append(self, topic: str, config: History, event: str,
-                     payload: Any) -> tuple[str, int]:
-        """Store a broadcast; returns its ``(epoch, offset)``."""
+    async def append(self, topic: str, config: History, event: str, payload: Any,
+                     stored: Stored | None = None) -> tuple[str, int]:
+        """Store a broadcast; returns its ``(epoch, offset)``.
+
+        ``stored(epoch, offset)`` is awaited once the position is known, before this returns,
+        and for the appends of one topic in offset order, whatever order the tasks that
+        called ``append`` resume in (so whatever it sends goes out in that order).
+        """
 
     @abc.abstractmethod
     async def since(self, topic: str, offset: int, config: History,
@@ -265,9 +280,12 @@ class MemoryHistoryStore(HistoryStore):
         stream.entries.append(Entry(stream.top, event, payload, now))
         return self.epoch, stream.top
 
-    async def append(self, topic: str, config: History, event: str,
-                     payload: Any) -> tuple[str, int]:
-        return self.append_now(topic, config, event, payload)
+    async def append(self, topic: str, config: History, event: str, payload: Any,
+                     stored: Stored | None = None) -> tuple[str, int]:
+        epoch, offset = self.append_now(topic, config, event, payload)
+        if stored is not None:
+            await stored(epoch, offset)
+        return epoch, offset
 
     async def reset(self, topic: str) -> None:
         # Appends in memory never fail, so nothing ever needs a new epoch per topic (the
@@ -378,12 +396,12 @@ class RedisHistoryStore(HistoryStore):
                 self._fail_queued(ConnectionError("the history store is not connected"))
             await trio.sleep(0.5)
 
-    async def append(self, topic: str, config: History, event: str,
-                     payload: Any) -> tuple[str, int]:
+    async def append(self, topic: str, config: History, event: str, payload: Any,
+                     stored: Stored | None = None) -> tuple[str, int]:
         if self._client is None:
             raise ConnectionError("the history store is not connected")
         data = msgpack.packb([event, payload, time.time()], use_bin_type=True)
-        pending = _Pending()
+        pending = _Pending(stored)
         self._queue.append((topic, config, data, pending))
         self._wakeup.set()
         await pending.event.wait()
@@ -416,9 +434,18 @@ class RedisHistoryStore(HistoryStore):
                     raise
                 self.pipelines += 1
                 self.appends += len(batch)
-                for (*_, pending), reply in zip(batch, results, strict=True):
+                # Redis ran the batch in order, so its offsets rise per topic: hand them on in
+                # that order here, in this one task (the callers resume in any order).
+                for (topic, *_, pending), reply in zip(batch, results, strict=True):
                     epoch = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-                    pending.done((epoch, int(reply[1])))
+                    result = (epoch, int(reply[1]))
+                    if pending.stored is not None:
+                        try:
+                            await pending.stored(*result)
+                        except Exception:
+                            log.exception("handing on the broadcast stored at %s on %s failed",
+                                          result[1], topic)
+                    pending.done(result)
 
     def _fail_queued(self, error: BaseException) -> None:
         while self._queue:
@@ -455,9 +482,10 @@ class AppendOutcomeUnknown(ConnectionError):
 
 
 class _Pending:
-    __slots__ = ("error", "event", "result")
+    __slots__ = ("error", "event", "result", "stored")
 
-    def __init__(self) -> None:
+    def __init__(self, stored: Stored | None) -> None:
+        self.stored = stored
         self.event = trio.Event()
         self.result: tuple[str, int] | None = None
         self.error: BaseException | None = None
@@ -604,7 +632,12 @@ class HistoryService:
                     # across them are told they cannot (rather than silently miss them).
                     await self.store.reset(topic)
                     self._broken.discard(topic)
-                epoch, offset = await self.store.append(topic, config, event, payload)
+
+                async def stored(epoch: str, offset: int) -> None:
+                    await self._positioned(topic, epoch, offset, event, payload, exclude)
+
+                await self.store.append(topic, config, event, payload, stored)
+                return
         except Exception as exc:
             # The broadcast still goes out (at most once, like any); the topic's stream gets a
             # new epoch once the store answers again, so recovering clients are told.
@@ -626,12 +659,27 @@ class HistoryService:
             await self._pubsub.local_broadcast(topic, event, payload, exclude=exclude)
             await self._pubsub.adapter.publish(topic, event, payload)
             return
+        await self._positioned(topic, epoch, offset, event, payload, exclude)
+
+    async def _positioned(self, topic: str, epoch: str, offset: int, event: str,
+                          payload: dict[str, Any], exclude: Subscriber | None) -> None:
+        """Send a stored broadcast on, here and to the other nodes: called in offset order."""
+        assert self._pubsub is not None
         self.stored += 1
         positioned = {**payload, POSITION_KEY: position(epoch, offset)}
         self._enqueue(topic, epoch, offset, event, positioned, exclude)
         if self._shared:
             await self._pubsub.adapter.publish(HISTORY_TOPIC, "m",
                                                [topic, epoch, offset, event, positioned])
+
+    def _start(self, topic: str, epoch: str, top: int) -> None:
+        """A join read ``top``: start the topic's sequence there unless it already has one
+        (or positions at or below it are still waiting to be delivered here)."""
+        if self.sequencer.last(topic) is not None:
+            return
+        waiting = [item[2] for item in self._queue if item[0] == topic and item[1] == epoch]
+        start = min([top, *(o - 1 for o in waiting if o >= 0)])
+        self.sequencer.start(topic, epoch, start)
 
     def _enqueue(self, topic: str, epoch: str, offset: int, event: str, payload: Any,
                  exclude: Subscriber | None) -> None:
@@ -749,6 +797,7 @@ class HistoryService:
             self._warn(("recover", topic), logging.WARNING,
                        "cannot read the history of %s (%s): recovery refused", topic, exc)
             return RecoveryPlan(False, "", 0, reason="history unavailable")
+        self._start(topic, epoch, top)
         if wanted is None:
             return RecoveryPlan(False, epoch, top)  # a first join: here is where to start
         if last_n is not None:
