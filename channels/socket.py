@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import trio
-from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
 from channels import logging as chlog
 from channels import protocol
@@ -34,6 +33,7 @@ from channels.logutil import Throttled
 from channels.protocol import Route, SocketState
 from channels.serializer import DecodeError, EncodeError, Message, Ref, Serializer
 from channels.telemetry import CRASH, JOIN, LEAVE
+from channels.wsframe import Close, Failure, FrameParser, Ping, close_frame, pong_frame
 from supervisor import DynamicSupervisor
 
 if TYPE_CHECKING:
@@ -188,10 +188,8 @@ class SocketSession:
         self._resume: trio.Event | None = None
         self.closing = False
         self.end_reason = "closed"
-        # wsproto's frame layer only (its Connection adds state we keep ourselves, and memory).
-        self._frames = FrameProtocol(client=False, extensions=[])
-        # Bytes that arrived with the upgrade request are the first WebSocket frames.
-        self._frames.receive_bytes(trailing)
+        # Inbound frames; bytes that arrived with the upgrade request are the first of them.
+        self._parser = FrameParser(self.max_frame_size, trailing)
         self._close_sent = False
         self._sup: DynamicSupervisor | None = None
         self._id_topic: str | None = None
@@ -259,7 +257,7 @@ class SocketSession:
         self.end_reason = end_reason
         if not self._close_sent:
             self._close_sent = True
-            self.conn.write_nowait(bytes(self._frames.close(code, reason)))
+            self.conn.write_nowait(close_frame(code, reason))
         self._close_after_grace()
         log.debug("closing %s: %d %s", self.conn.peer, code, reason)
 
@@ -283,7 +281,7 @@ class SocketSession:
         final = b""
         if not self._close_sent:
             self._close_sent = True
-            final = bytes(self._frames.close(CLOSE_TRY_AGAIN_LATER, "slow consumer"))
+            final = close_frame(CLOSE_TRY_AGAIN_LATER, "slow consumer")
         self.conn.cut(final)
         self._close_after_grace()
 
@@ -329,74 +327,32 @@ class SocketSession:
         self.state.topics.clear()
 
     async def _read_loop(self) -> None:
-        frames = self._frames
-        # wsproto's frame decoder: its ``header`` is that of a frame still arriving (wsproto
-        # yields a frame's payload as it comes, so it would wait for every declared byte).
-        decoder = frames._frame_decoder
+        parser = self._parser
         conn = self.conn
-        text_parts: list[str] = []
-        bin_parts: list[bytes] = []
-        size = 0
+        data = b""  # the parser already holds what came with the upgrade request
         while True:
-            try:
-                for frame in frames.received_frames():
-                    op = frame.opcode
-                    if op is Opcode.TEXT:
-                        data_s: str = frame.payload  # type: ignore[assignment]
-                        size += len(data_s) if data_s.isascii() else len(data_s.encode())
-                        if size > self.max_frame_size:
-                            self._too_big(size)
-                            return
-                        if not frame.message_finished:
-                            text_parts.append(data_s)
-                            continue
-                        if text_parts:
-                            text_parts.append(data_s)
-                            data_s = "".join(text_parts)
-                            text_parts.clear()
-                        size = 0
-                        await self._on_frame(data_s, False)
-                    elif op is Opcode.BINARY:
-                        data_b = bytes(frame.payload)  # type: ignore[arg-type]
-                        size += len(data_b)
-                        if size > self.max_frame_size:
-                            self._too_big(size)
-                            return
-                        if not frame.message_finished:
-                            bin_parts.append(data_b)
-                            continue
-                        if bin_parts:
-                            bin_parts.append(data_b)
-                            data_b = b"".join(bin_parts)
-                            bin_parts.clear()
-                        size = 0
-                        await self._on_frame(data_b, True)
-                    elif op is Opcode.PING:
-                        if not self._close_sent:
-                            conn.write_nowait(bytes(frames.pong(frame.payload)))  # type: ignore[arg-type]
-                    elif op is Opcode.CLOSE:
-                        if not self._close_sent:  # the client closes: answer with its code
-                            self._close_sent = True
-                            self.closing = True
-                            payload = frame.payload
-                            assert isinstance(payload, tuple)
-                            conn.write_nowait(bytes(frames.close(int(payload[0]))))
-                        return
-            except ParseFailed as exc:
-                if "non-zero MSB" in str(exc):  # a declared length of 2**63 bytes or more
-                    self._too_big(1 << 63)
+            # Every message a read completed is handled before the next read.
+            for event in parser.feed(data):
+                if type(event) is str:
+                    await self._on_frame(event, False)
+                elif type(event) is bytes:
+                    await self._on_frame(event, True)
+                elif type(event) is Ping:
+                    if not self._close_sent:
+                        conn.write_nowait(pong_frame(event.payload))
+                elif type(event) is Close:
+                    if not self._close_sent:  # the client closes: answer with its code
+                        self._close_sent = True
+                        self.closing = True
+                        conn.write_nowait(close_frame(event.code))
                     return
-                log.info("WebSocket protocol error from %s: %s", conn.peer, exc)
-                self.close(exc.code, str(exc)[:100])
-                return
-            # A frame whose header declares more than max_frame_size (with what its message
-            # already has): 1009 at once, as Bandit does, instead of waiting for the bytes.
-            # Checked once per read, when wsproto has consumed all it can: nearly free.
-            header = decoder.header
-            if header is not None:
-                declared = size + header.payload_len - decoder.payload_consumed
-                if declared > self.max_frame_size and not header.opcode.iscontrol():
-                    self._too_big(declared)
+                else:
+                    assert isinstance(event, Failure)
+                    if event.code == CLOSE_TOO_BIG:  # closed at the header, not after the bytes
+                        self._too_big(event.size)
+                    else:
+                        log.info("WebSocket protocol error from %s: %s", conn.peer, event.reason)
+                        self.close(event.code, event.reason[:100])
                     return
             data = await conn.receive_some()
             if not data:
@@ -407,7 +363,6 @@ class SocketSession:
             elif self._backlog_since is not None:
                 self._backlog_since = None
             self.counters.bytes_in += len(data)
-            frames.receive_bytes(data)
 
     def _too_big(self, size: int) -> None:
         log.warning("message from %s over max_frame_size (%d > %d bytes): closing 1009",

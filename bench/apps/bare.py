@@ -2,7 +2,8 @@
 
 Same accept loop, same HTTP/1.1 upgrade (``channels.http`` on h11, freed before the session),
 same :class:`channels.connection.Connection` (synchronous non-blocking sends, flushers in the
-connections nursery), same wsproto frame layer and the same ``ws_frame`` framing as
+connections nursery), same frame parser (:mod:`channels.wsframe`) and the same ``ws_frame``
+framing as
 :mod:`channels.socket` (keep them in step when the runtime's I/O layer changes), but no JSON
 decoding, no protocol rules, no channel process and no mailbox: a text frame containing
 ``"bcast"`` is fanned out (pre-built frame, to every connection, checkpointing every 256 sends
@@ -21,7 +22,6 @@ import socket as stdsocket
 
 import h11
 import trio
-from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
 from bench.apps.common import BROADCAST, ECHO_REPLY, JOIN_REPLY, ready
 from channels import http
@@ -29,6 +29,7 @@ from channels.connection import Connection
 from channels.frames import ws_frame
 from channels.http import HTTPError, Request
 from channels.pubsub import CHECKPOINT_EVERY
+from channels.wsframe import Close, FrameParser, Ping, close_frame, pong_frame
 
 BCAST_FRAME = ws_frame(BROADCAST)
 ECHO_FRAME = ws_frame(ECHO_REPLY)
@@ -36,57 +37,41 @@ JOIN_FRAME = ws_frame(JOIN_REPLY)
 
 
 class BareSession:
-    """One upgraded connection: wsproto's frame layer in, pre-built frames out."""
+    """One upgraded connection: the runtime's frame parser in, pre-built frames out."""
 
-    __slots__ = ("conn", "endpoint", "frames")
+    __slots__ = ("conn", "endpoint", "parser")
 
     def __init__(self, endpoint: BareEndpoint, conn: Connection, trailing: bytes) -> None:
         self.endpoint = endpoint
         self.conn = conn
-        # As channels.socket.SocketSession: wsproto's FrameProtocol directly.
-        self.frames = FrameProtocol(client=False, extensions=[])
-        self.frames.receive_bytes(trailing)
+        # As channels.socket.SocketSession (and its default max_frame_size).
+        self.parser = FrameParser(1 << 20, trailing)
 
     async def run(self) -> None:
-        frames, conn, conns = self.frames, self.conn, self.endpoint.conns
+        parser, conn, conns = self.parser, self.conn, self.endpoint.conns
         conns[conn] = None
-        parts: list[str] = []
+        data = b""
         try:
             while True:
-                try:
-                    for frame in frames.received_frames():
-                        op = frame.opcode
-                        if op is Opcode.TEXT or op is Opcode.BINARY:
-                            data = frame.payload
-                            if not isinstance(data, str):
-                                data = bytes(data).decode("utf-8", "replace")  # type: ignore[arg-type]
-                            # A frame split across reads arrives in pieces.
-                            if not frame.message_finished:
-                                parts.append(data)
-                                continue
-                            if parts:
-                                parts.append(data)
-                                data = "".join(parts)
-                                parts.clear()
-                            if '"bcast"' in data:
-                                await self.endpoint.fanout()
-                            elif "phx_join" in data:
-                                conn.write_nowait(JOIN_FRAME)
-                            else:
-                                conn.write_nowait(ECHO_FRAME)
-                        elif op is Opcode.PING:
-                            conn.write_nowait(bytes(frames.pong(frame.payload)))  # type: ignore[arg-type]
-                        elif op is Opcode.CLOSE:
-                            payload = frame.payload
-                            assert isinstance(payload, tuple)
-                            conn.write_nowait(bytes(frames.close(int(payload[0]))))
-                            return
-                except ParseFailed:
-                    return
+                for event in parser.feed(data):
+                    if type(event) is str or type(event) is bytes:
+                        text = event if isinstance(event, str) else event.decode("utf-8", "replace")
+                        if '"bcast"' in text:
+                            await self.endpoint.fanout()
+                        elif "phx_join" in text:
+                            conn.write_nowait(JOIN_FRAME)
+                        else:
+                            conn.write_nowait(ECHO_FRAME)
+                    elif type(event) is Ping:
+                        conn.write_nowait(pong_frame(event.payload))
+                    elif type(event) is Close:
+                        conn.write_nowait(close_frame(event.code))
+                        return
+                    else:  # a protocol error
+                        return
                 data = await conn.receive_some()
                 if not data:
                     return
-                frames.receive_bytes(data)
         finally:
             conns.pop(conn, None)
 
