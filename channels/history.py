@@ -298,6 +298,8 @@ class MemoryHistoryStore(HistoryStore):
         if stream is None:
             return self.epoch, 0, []
         _expire(stream.entries, time.time() - config.ttl)
+        if limit <= 0:
+            return self.epoch, stream.top, []
         out = [e for e in stream.entries if e.offset > offset]
         return self.epoch, stream.top, out[:limit]
 
@@ -341,7 +343,10 @@ if not meta[1] then
   redis.call('HSET', KEYS[2], 'epoch', meta[1], 'top', 0)
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
 end
-local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+local entries = {}
+if tonumber(ARGV[2]) > 0 then
+  entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+end
 return {meta[1], meta[2], entries}
 """
 
@@ -368,6 +373,14 @@ class RedisHistoryStore(HistoryStore):
         self._wakeup = trio.Event()
         self.appends = 0
         self.pipelines = 0
+        # Epoch candidates, used only when a stream is new: a random prefix per store and a
+        # counter are as unique as a fresh token each time, without a getrandom per append.
+        self._epoch_prefix = secrets.token_hex(8)
+        self._epoch_count = 0
+
+    def _new_epoch(self) -> str:
+        self._epoch_count += 1
+        return f"{self._epoch_prefix}{self._epoch_count:x}"
 
     def _keys(self, topic: str) -> list[str]:
         base = f"{self.namespace}:hist:{topic}"
@@ -421,7 +434,7 @@ class RedisHistoryStore(HistoryStore):
                     async with self._client.pipeline(transaction=False) as pipe:
                         requests = [
                             pipe.eval(_APPEND, keys=self._keys(topic),
-                                      args=[secrets.token_hex(8), config.size,
+                                      args=[self._new_epoch(), config.size,
                                             int(config.ttl * 1000), data])
                             for topic, config, data, _ in batch]
                     results = [await r for r in requests]
@@ -462,7 +475,7 @@ class RedisHistoryStore(HistoryStore):
             raise ConnectionError("the history store is not connected")
         reply: Any = await self._client.eval(
             _SINCE, keys=self._keys(topic),
-            args=[f"{offset + 1}-0", limit, secrets.token_hex(8), int(config.ttl * 1000)])
+            args=[f"{offset + 1}-0", limit, self._new_epoch(), int(config.ttl * 1000)])
         epoch = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
         top = int(reply[1])
         oldest = time.time() - config.ttl
@@ -753,7 +766,7 @@ class HistoryService:
             return
         try:
             with trio.fail_after(2.0):
-                epoch, top, _ = await self.store.since(topic, last[1], config, 1)
+                epoch, top, _ = await self.store.since(topic, last[1], config, 0)
         except (Exception, trio.TooSlowError) as exc:
             self._warn(("fill", topic), logging.WARNING,
                        "cannot catch up on %s from its history (%s)", topic, exc)
@@ -790,8 +803,10 @@ class HistoryService:
         parsed = parse_position(wanted) if wanted is not None and last_n is None else None
         try:
             with trio.fail_after(2.0):
+                # A first join needs only where the topic stands, not its entries.
                 epoch, top, entries = await self.store.since(
-                    topic, parsed[1] if parsed is not None else 0, config, config.size)
+                    topic, parsed[1] if parsed is not None else 0, config,
+                    0 if wanted is None else config.size)
         except (Exception, trio.TooSlowError) as exc:
             self.recovery_failures += 1
             self._warn(("recover", topic), logging.WARNING,
