@@ -37,7 +37,7 @@ PYSPY = BENCH / ".venv" / "bin" / "py-spy"
 GEN = BENCH / "load" / "gen.mjs"
 
 READY = re.compile(r"serving on http://|ready on http://")
-SERVERS = ("channels", "bare", "websockets", "socketio")
+SERVERS = ("channels", "bare", "ceiling", "websockets", "socketio")
 SCENARIOS = ("fanout", "echo", "idle")
 PER_SOURCE_ADDR = 20_000  # connections per loopback source address (ephemeral ports)
 
@@ -63,6 +63,9 @@ def server_spec(name: str, port: int) -> Server:
     if name == "bare":
         return Server(name, "bare (same I/O layer)", "phoenix",
                       [str(MAIN_PY), "-m", "bench.apps.bare", *host])
+    if name == "ceiling":
+        return Server(name, "ceiling (plain trio)", "phoenix",
+                      [str(MAIN_PY), "-m", "bench.apps.ceiling", *host])
     if name == "websockets":
         return Server(name, "websockets.broadcast", "phoenix",
                       [str(BENCH_PY), "-m", "bench.apps.websockets_app", *host])
@@ -380,8 +383,8 @@ def build_plan(args: argparse.Namespace) -> list[RunSpec]:
             for n in sizes:
                 servers = args.servers
                 if scenario == "fanout" and n > args.baseline_max_conns:
-                    # The scaling points past 10k are for our runtime and its ceiling.
-                    servers = [s for s in servers if s in ("channels", "bare")]
+                    # The scaling points past 10k are for our runtime and its ceilings.
+                    servers = [s for s in servers if s in ("channels", "bare", "ceiling")]
                 for server in servers:
                     plan.append(RunSpec(scenario, server, n, r))
     return plan

@@ -152,6 +152,13 @@ def _ratio_cell(row: dict[str, Any], other: dict[str, Any] | None, key: str) -> 
     return f"{_rx(_ratio(row, other, key))} / {_rx(_ratio(row, other, 'per_cpu_second'))}"
 
 
+def _ceiling_cell(row: dict[str, Any], ceiling: dict[str, Any] | None, key: str) -> str:
+    """How close a trio path (ours, bare) comes to the plain-trio ceiling."""
+    if row["server"] not in ("channels", "bare") or ceiling is None:
+        return ""
+    return f"{_rx(_ratio(row, ceiling, key))} / {_rx(_ratio(row, ceiling, 'per_cpu_second'))}"
+
+
 def _label(r: dict[str, Any], notes: list[str]) -> str:
     flags = flags_of(r)
     if not flags:
@@ -162,7 +169,7 @@ def _label(r: dict[str, Any], notes: list[str]) -> str:
 
 def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     notes: list[str] = []
-    order = {"channels": 0, "bare": 1, "websockets": 2, "socketio": 3}
+    order = {"channels": 0, "bare": 1, "ceiling": 2, "websockets": 3, "socketio": 4}
     rows = sorted((r for r in rows if not r.get("profile")),
                   key=lambda r: (r["conns"], order.get(r["server"], 9)))
     lines: list[str] = []
@@ -185,20 +192,22 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             "second stays meaningful when the load generator, not the server, is the limit).",
             "",
             "| N | server | deliveries/s | server CPU | CPU ms per 1k deliveries "
-            "| deliveries per CPU-s | vs bare | vs websockets | lost |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| deliveries per CPU-s | vs bare | vs ceiling | vs websockets | lost |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in fan:
             if not r.get("ok"):
                 lines.append(f"| {r['conns']:,} | {r['label']} | failed: {r.get('error', '')[:60]} "
-                             "| | | | | | |")
+                             "| | | | | | | |")
                 continue
             bare = _pick(rows, "fanout", "bare", r["conns"])
+            ceil = _pick(rows, "fanout", "ceiling", r["conns"])
             wsb = _pick(rows, "fanout", "websockets", r["conns"])
             lines.append(
                 f"| {r['conns']:,} | {_label(r, notes)} | {_f(r['deliveries_per_sec'])} "
                 f"| {_f(100 * (r['server_cpu_util'] or 0))}% | {_f(r['cpu_ms_per_1k'], 2)} "
                 f"| {_f(r['per_cpu_second'])} | {_ratio_cell(r, bare, 'deliveries_per_sec')} "
+                f"| {_ceiling_cell(r, ceil, 'deliveries_per_sec')} "
                 f"| {_ratio_cell(r, wsb, 'deliveries_per_sec')} | {r.get('lost', '')} |")
         lines.append("")
     echo = [r for r in rows if r["scenario"] == "echo"]
@@ -207,20 +216,22 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             "### Push → reply round trips (each client keeps one request in flight)",
             "",
             "| clients | server | round trips/s | p50 ms | p99 ms | server CPU "
-            "| CPU ms per 1k round trips | round trips per CPU-s | vs bare |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| CPU ms per 1k round trips | round trips per CPU-s | vs bare | vs ceiling |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in echo:
             if not r.get("ok"):
                 lines.append(f"| {r['conns']} | {r['label']} | failed: {r.get('error', '')[:60]} "
-                             "| | | | | | |")
+                             "| | | | | | | |")
                 continue
             bare = _pick(rows, "echo", "bare", r["conns"])
+            ceil = _pick(rows, "echo", "ceiling", r["conns"])
             lines.append(
                 f"| {r['conns']} | {_label(r, notes)} | {_f(r['round_trips_per_sec'])} "
                 f"| {_f(r['p50_ms'], 2)} | {_f(r['p99_ms'], 2)} "
                 f"| {_f(100 * (r['server_cpu_util'] or 0))}% | {_f(r['cpu_ms_per_1k'], 2)} "
-                f"| {_f(r['per_cpu_second'])} | {_ratio_cell(r, bare, 'round_trips_per_sec')} |")
+                f"| {_f(r['per_cpu_second'])} | {_ratio_cell(r, bare, 'round_trips_per_sec')} "
+                f"| {_ceiling_cell(r, ceil, 'round_trips_per_sec')} |")
         lines.append("")
     idle = [r for r in rows if r["scenario"] == "idle"]
     if idle:
@@ -241,19 +252,24 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                 f"| {r['rss_before_kib'] / 1024:.0f} → {r['rss_connected_kib'] / 1024:.0f} "
                 f"| {_f(r['connects_per_sec'])} | {_f(r['connect_cpu_ms_per_conn'], 3)} |")
         lines.append("")
-    growth = [r for r in fan if r.get("ok") and r["server"] in ("channels", "bare")]
+    growth = [r for r in fan if r.get("ok") and r["server"] in ("channels", "bare", "ceiling")]
     if len({r["conns"] for r in growth}) > 1:
         lines += [
             "### How cost grows (fan-out runs)",
             "",
-            "| N | server | deliveries/s | CPU ms per 1k deliveries | RSS per connection (KiB) "
-            "| server RSS (MiB) | connect+join/s |",
-            "|---|---|---|---|---|---|---|",
+            "CPU per delivery relative to bare and to the ceiling of the same N (>1: costlier).",
+            "",
+            "| N | server | deliveries/s | CPU ms per 1k deliveries | CPU vs bare "
+            "| CPU vs ceiling | RSS per connection (KiB) | server RSS (MiB) | connect+join/s |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
-        for r in sorted(growth, key=lambda r: (r["server"] != "channels", r["conns"])):
+        for r in sorted(growth, key=lambda r: (order.get(r["server"], 9), r["conns"])):
+            cpu_bare = _ratio(r, _pick(rows, "fanout", "bare", r["conns"]), "cpu_ms_per_1k")
+            cpu_ceil = _ratio(r, _pick(rows, "fanout", "ceiling", r["conns"]), "cpu_ms_per_1k")
             lines.append(
                 f"| {r['conns']:,} | {_label(r, notes)} | {_f(r['deliveries_per_sec'])} "
-                f"| {_f(r['cpu_ms_per_1k'], 2)} | {_f(r['rss_per_conn_kib'], 1)} "
+                f"| {_f(r['cpu_ms_per_1k'], 2)} | {_rx(cpu_bare)} | {_rx(cpu_ceil)} "
+                f"| {_f(r['rss_per_conn_kib'], 1)} "
                 f"| {r['rss_connected_kib'] / 1024:.0f} | {_f(r['connects_per_sec'])} |")
         lines.append("")
     if notes:

@@ -17,13 +17,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import socket as stdsocket
 
 import h11
 import trio
 
-from bench.apps.common import BROADCAST, ECHO_REPLY, JOIN_REPLY, ready
+from bench.apps.common import (
+    BROADCAST,
+    ECHO_REPLY,
+    JOIN_REPLY,
+    accept_some,
+    listen,
+    serve_until_signal,
+)
 from channels import http
 from channels.connection import Connection
 from channels.frames import ws_frame
@@ -112,49 +118,33 @@ class BareEndpoint:
         assert self._connections is not None
         conn.attach(self._connections)
         try:
-            session = await http.serve_http(self, conn, host_port)  # type: ignore[arg-type]
+            session = await http.serve_http(self.handle_http, conn, host_port)
             if session is not None:
                 await session.run()  # type: ignore[attr-defined]
         finally:
             conn.abort()
 
     async def serve(self, host: str, port: int) -> None:
-        listener = stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_STREAM)
-        listener.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
-        listener.bind((host, port))
-        listener.listen(4096)
-        listener.setblocking(False)
+        listener = listen(host, port)
         host_port = (host, listener.getsockname()[1])
-        try:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async with trio.open_nursery() as nursery:
-                    self._connections = nursery
-                    nursery.start_soon(self._accept_loop, listener, nursery, host_port)
-                    ready("bare", host_port[1])
-                    async for _ in signals:
-                        nursery.cancel_scope.cancel()
-                        break
-        finally:
-            trio.lowlevel.notify_closing(listener)
-            listener.close()
+
+        def start(nursery: trio.Nursery) -> None:
+            self._connections = nursery
+            nursery.start_soon(self._accept_loop, listener, nursery, host_port)
+
+        await serve_until_signal("bare", listener, start)
 
     async def _accept_loop(self, listener: stdsocket.socket, nursery: trio.Nursery,
                            host_port: tuple[str, int]) -> None:
-        # The same loop as channels.endpoint.Endpoint._accept_loop.
+        # As channels.endpoint.Endpoint._accept_loop.
         while True:
             await trio.lowlevel.wait_readable(listener)
-            for _ in range(64):
-                try:
-                    sock, peer = listener.accept()
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    logging.error("accept failed: %s", exc)
-                    await trio.sleep(0.1)
-                    break
-                sock.setblocking(False)
-                sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
+            accepted, error = accept_some(listener)
+            for sock, peer in accepted:
                 nursery.start_soon(self._handle_connection, sock, peer[:2], host_port)
+            if error is not None:
+                logging.error("accept failed: %s", error)
+                await trio.sleep(0.1)
 
 
 def main() -> None:

@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import trio
 
 TOPIC = "room:bench"
 BROADCAST_EVENT = "msg"
@@ -34,3 +40,49 @@ def ready(name: str, port: int) -> None:
     """The line the orchestrator waits for."""
     print(f"bench-server: {name} ready on http://127.0.0.1:{port}", flush=True)
     sys.stdout.flush()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A non-blocking listening TCP socket."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(4096)
+    listener.setblocking(False)
+    return listener
+
+
+def accept_some(listener: socket.socket,
+                limit: int = 64) -> tuple[list[tuple[socket.socket, Any]], OSError | None]:
+    """Up to ``limit`` pending connections (non-blocking, TCP_NODELAY), and the error that
+    stopped accepting early (e.g. out of descriptors: the caller backs off), if any."""
+    accepted: list[tuple[socket.socket, Any]] = []
+    for _ in range(limit):
+        try:
+            sock, peer = listener.accept()
+        except BlockingIOError:
+            break
+        except OSError as exc:
+            return accepted, exc
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        accepted.append((sock, peer))
+    return accepted, None
+
+
+async def serve_until_signal(name: str, listener: socket.socket,
+                             start: Callable[[trio.Nursery], None]) -> None:
+    """Run ``start(nursery)``'s tasks until SIGINT or SIGTERM, then close ``listener``."""
+    import trio  # only the trio servers come here (the baselines' venv has no trio)
+
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                start(nursery)
+                ready(name, listener.getsockname()[1])
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+    finally:
+        trio.lowlevel.notify_closing(listener)
+        listener.close()

@@ -1,0 +1,288 @@
+"""The ceiling: the least work per message a trio server can do for the benchmark's wire traffic.
+
+Nothing of the runtime is used. Plain trio on non-blocking stdlib sockets: a raw accept loop,
+one task per connection, a hand-rolled HTTP upgrade (just enough of the request to compute
+``Sec-WebSocket-Accept``), an inbound frame parser that unmasks a whole payload as one integer
+XOR, and pre-built frames out, written with ``send()`` straight from the task that produces
+them (only bytes the kernel does not take are queued, for a short-lived flusher task). It
+answers what :mod:`bench.apps.bare` answers: a data frame containing ``"bcast"`` is fanned out to
+every upgraded connection (checkpointing every 256 sends, as ``PubSub.local_broadcast`` does,
+so that one broadcast to 19,000 sockets does not hold the scheduler), a join gets the pre-built
+join reply, anything else the pre-built echo reply; pings are answered, a close is echoed.
+
+It is not a server for anything else: no limits besides a bounded handshake, no UTF-8 checks,
+no idle timeout, no back-pressure beyond an unbounded per-connection queue.
+
+    python -m bench.apps.ceiling --port 4002
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import collections
+import hashlib
+import socket as stdsocket
+from itertools import islice
+
+import trio
+
+from bench.apps.common import (
+    BROADCAST,
+    ECHO_REPLY,
+    JOIN_REPLY,
+    accept_some,
+    listen,
+    serve_until_signal,
+)
+
+# As channels.pubsub.CHECKPOINT_EVERY (not imported: this server uses none of the runtime).
+CHECKPOINT_EVERY = 256
+RECV_SIZE = 65536
+MAX_HANDSHAKE = 8192
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def frame(data: bytes) -> bytes:
+    """One final, unmasked text frame."""
+    n = len(data)
+    if n < 126:
+        return bytes((0x81, n)) + data
+    if n < 65536:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big") + data
+    return bytes((0x81, 127)) + n.to_bytes(8, "big") + data
+
+
+BCAST_FRAME = frame(BROADCAST)
+ECHO_FRAME = frame(ECHO_REPLY)
+JOIN_FRAME = frame(JOIN_REPLY)
+
+
+class Conn:
+    """One socket: its ``send``, and the bytes the kernel did not take (None when none)."""
+
+    __slots__ = ("pending", "send", "sock")
+
+    def __init__(self, sock: stdsocket.socket) -> None:
+        self.sock = sock
+        self.send = sock.send
+        self.pending: collections.deque[bytes | memoryview] | None = None
+
+    def write(self, data: bytes, nursery: trio.Nursery) -> None:
+        if self.pending is not None:
+            self.pending.append(data)
+            return
+        try:
+            sent = self.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return  # the reading task sees the error and ends the connection
+        if sent != len(data):
+            self.backlog(data, sent, nursery)
+
+    def backlog(self, data: bytes, sent: int, nursery: trio.Nursery) -> None:
+        self.pending = collections.deque((memoryview(data)[sent:] if sent else data,))
+        nursery.start_soon(self.flush)
+
+    async def flush(self) -> None:
+        pending = self.pending
+        sock = self.sock
+        while pending:
+            try:
+                await trio.lowlevel.wait_writable(sock)
+                n = sock.sendmsg(islice(pending, 64))
+            except BlockingIOError:
+                continue
+            except (trio.ClosedResourceError, OSError):
+                break
+            while n:
+                head = pending[0]
+                if len(head) <= n:
+                    n -= len(head)
+                    pending.popleft()
+                else:
+                    pending[0] = memoryview(head)[n:]
+                    n = 0
+        self.pending = None
+
+
+class Ceiling:
+    def __init__(self) -> None:
+        # Upgraded connections, in insertion order (a dict as an ordered set).
+        self.conns: dict[Conn, None] = {}
+        self.nursery: trio.Nursery | None = None
+
+    async def fanout(self) -> None:
+        data = BCAST_FRAME
+        size = len(data)
+        nursery = self.nursery
+        assert nursery is not None
+        targets = tuple(self.conns)
+        for start in range(0, len(targets), CHECKPOINT_EVERY):
+            if start:
+                await trio.lowlevel.checkpoint()
+            # Conn.write inlined: one attribute test and one send() per delivery.
+            for c in targets[start:start + CHECKPOINT_EVERY]:
+                if c.pending is not None:
+                    c.pending.append(data)
+                    continue
+                try:
+                    sent = c.send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    continue
+                if sent != size:
+                    c.backlog(data, sent, nursery)
+
+    async def handle(self, sock: stdsocket.socket) -> None:
+        conn = Conn(sock)
+        try:
+            rest = await self.upgrade(conn)
+            if rest is None:
+                return
+            self.conns[conn] = None
+            try:
+                await self.run(conn, rest)
+            finally:
+                del self.conns[conn]
+        finally:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+
+    async def upgrade(self, conn: Conn) -> bytes | None:
+        """Read the request head, answer 101; the bytes after the head, or None on failure."""
+        sock = conn.sock
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            if len(buf) > MAX_HANDSHAKE:
+                return None
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                data = sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return None
+            if not data:
+                return None
+            buf += data
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        if not lines[0].startswith(b"GET /socket/websocket"):
+            conn.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n", self._nursery())
+            return None
+        key = b""
+        protocol = b""
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"sec-websocket-key":
+                key = value.strip()
+            elif name == b"sec-websocket-protocol":
+                protocol = b"Sec-WebSocket-Protocol: phoenix\r\n"
+        if not key:
+            conn.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n", self._nursery())
+            return None
+        accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+        conn.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                   b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n"
+                   + protocol + b"\r\n", self._nursery())
+        return rest
+
+    def _nursery(self) -> trio.Nursery:
+        assert self.nursery is not None
+        return self.nursery
+
+    async def run(self, conn: Conn, buf: bytes) -> None:
+        sock, nursery = conn.sock, self._nursery()
+        parts: list[bytes] = []
+        while True:
+            # Parse every whole frame in buf; an incomplete one waits for more bytes.
+            i, n = 0, len(buf)
+            while n - i >= 6:
+                b0, b1 = buf[i], buf[i + 1]
+                if not b1 & 0x80:
+                    return  # client frames are masked (RFC 6455 5.1)
+                size = b1 & 0x7F
+                h = i + 2
+                if size == 126:
+                    if n - i < 8:
+                        break
+                    size = int.from_bytes(buf[h:h + 2], "big")
+                    h += 2
+                elif size == 127:
+                    if n - i < 14:
+                        break
+                    size = int.from_bytes(buf[h:h + 8], "big")
+                    h += 8
+                end = h + 4 + size
+                if end > n:
+                    break
+                payload = buf[h + 4:end]
+                if size:
+                    mask = int.from_bytes((buf[h:h + 4] * ((size >> 2) + 1))[:size], "big")
+                    payload = (int.from_bytes(payload, "big") ^ mask).to_bytes(size, "big")
+                i = end
+                op = b0 & 0x0F
+                if op < 3:  # text, binary, continuation
+                    if not b0 & 0x80:
+                        parts.append(payload)
+                        continue
+                    if parts:
+                        parts.append(payload)
+                        payload = b"".join(parts)
+                        parts.clear()
+                    if b'"bcast"' in payload:
+                        await self.fanout()
+                    elif b"phx_join" in payload:
+                        conn.write(JOIN_FRAME, nursery)
+                    else:
+                        conn.write(ECHO_FRAME, nursery)
+                elif op == 9:
+                    conn.write(bytes((0x8A, size)) + payload, nursery)
+                elif op == 8:
+                    conn.write(bytes((0x88, len(payload[:2]))) + payload[:2], nursery)
+                    return
+            buf = buf[i:]
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                data = sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            buf = buf + data if buf else data
+
+    async def serve(self, host: str, port: int) -> None:
+        listener = listen(host, port)
+
+        def start(nursery: trio.Nursery) -> None:
+            self.nursery = nursery
+            nursery.start_soon(self.accept_loop, listener, nursery)
+
+        await serve_until_signal("ceiling", listener, start)
+
+    async def accept_loop(self, listener: stdsocket.socket, nursery: trio.Nursery) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(listener)
+            accepted, error = accept_some(listener)
+            for sock, _peer in accepted:
+                nursery.start_soon(self.handle, sock)
+            if error is not None:
+                await trio.sleep(0.1)  # e.g. out of descriptors: back off
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=4002)
+    args = parser.parse_args()
+    trio.run(Ceiling().serve, args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()
