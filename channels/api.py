@@ -44,7 +44,7 @@ from channels.serializer import _JSONDecodeError, _loads, _widen
 
 if TYPE_CHECKING:
     from channels.connection import Connection
-    from channels.endpoint import Endpoint
+    from channels.interfaces import Node
     from channels.pubsub import FrameCache
 
 __all__ = [
@@ -121,7 +121,7 @@ class HttpApi:
     """The HTTP API of one endpoint (see the module docstring); made by
     :meth:`Endpoint.enable_api`."""
 
-    def __init__(self, endpoint: Endpoint, keys: Iterable[str], *, prefix: str = "/api",
+    def __init__(self, endpoint: Node, keys: Iterable[str], *, prefix: str = "/api",
                  max_body: int = MAX_BODY) -> None:
         if not prefix.startswith("/") or prefix.endswith("/"):
             raise ValueError("the API prefix must start with '/' and not end with one "
@@ -393,7 +393,7 @@ class Relay:
     and counted (the publisher learns nothing: delivery is at most once, as for any
     broadcast between nodes)."""
 
-    def __init__(self, endpoint: Endpoint, max_queue: int = 10_000) -> None:
+    def __init__(self, endpoint: Node, max_queue: int = 10_000) -> None:
         self.endpoint = endpoint
         self.max_queue = max_queue
         self._queue: deque[tuple[str, str, Any]] = deque()

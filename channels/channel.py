@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from collections.abc import Callable, Collection, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
 import trio
 
@@ -22,8 +22,10 @@ from channels.telemetry import HANDLE_IN_EXCEPTION, HANDLE_IN_STOP
 from supervisor import Actor, ChildHandle, MailboxClosed, TimerRef
 
 if TYPE_CHECKING:
-    from channels.serializer import Message
-    from channels.socket import Socket, SocketSession
+    from channels.interfaces import Node
+    from channels.pubsub import Subscriber
+    from channels.serializer import Message, Ref
+    from channels.stats import Counters
 
 log = logging.getLogger("channels.channel")
 # Repeated identical problems (a buggy callback hit by every push) are logged once per interval.
@@ -72,6 +74,50 @@ class ReplyRef(NamedTuple):
     join_ref: str | None
     ref: str | None
     topic: str
+
+
+class Writer(Protocol):
+    """Where a session's bytes go: a connection, or a LongPoll session's outbox."""
+
+    def write_nowait(self, data: bytes) -> None: ...
+
+
+class ChannelSession(Protocol):
+    """What a channel process needs of its client's session: send to the client (reply,
+    push, close), broadcast on the node, and the back-pressure and fastlane hooks. The
+    WebSocket :class:`~channels.socket.SocketSession` and the LongPoll session implement it."""
+
+    socket: Socket
+    #: Pushes forwarded to the session's channels and not yet taken from a mailbox.
+    unhandled: int
+
+    @property
+    def endpoint(self) -> Node: ...
+    @property
+    def counters(self) -> Counters: ...
+    @property
+    def conn(self) -> Writer: ...
+    #: Sessions with equal keys get the same bytes for a fastlane broadcast.
+    @property
+    def fastlane_key(self) -> Any: ...
+
+    def send_reply(self, join_ref: Ref, ref: Ref, topic: str, reply: Reply) -> None: ...
+    def send_push(self, join_ref: Ref, topic: str, event: str, payload: Any) -> None: ...
+    def send_close(self, join_ref: Ref, topic: str) -> None: ...
+
+    async def broadcast(self, topic: str, event: str, payload: Any, *,
+                        exclude: Subscriber | None = None) -> None:
+        """Broadcast on every node (except to ``exclude``)."""
+
+    def replan(self, topic: str) -> None:
+        """A subscriber's ``fastlane`` changed: rebuild the topic's delivery plan."""
+
+    def fastlane_frame(self, topic: str, event: str, payload: Any) -> bytes: ...
+    def deliver_broadcast(self, topic: str, event: str, payload: Any,
+                          cache: dict[Any, Any]) -> None: ...
+    def pushes_taken(self, n: int = 1) -> None: ...
+    def refuse_late(self, msg: Message) -> None: ...
+    def forget(self, proc: ChannelProcess) -> None: ...
 
 
 class Channel:
@@ -128,13 +174,12 @@ class Channel:
 
     async def broadcast(self, event: str, payload: dict[str, Any] | bytes) -> None:
         """Send ``event`` to every subscriber of this topic, on every node, including us."""
-        await self._process.session.pubsub.broadcast(self.topic, event, payload)
+        await self._process.session.broadcast(self.topic, event, payload)
 
     async def broadcast_from(self, event: str, payload: dict[str, Any] | bytes) -> None:
         """Like :meth:`broadcast`, but not to this channel's own client."""
-        await self._process.session.pubsub.broadcast(
-            self.topic, event, payload, exclude=self._process
-        )
+        await self._process.session.broadcast(self.topic, event, payload,
+                                              exclude=self._process)
 
     def socket_ref(self) -> ReplyRef:
         """A reference to the push being handled, to :meth:`reply` to it later."""
@@ -164,6 +209,99 @@ class Channel:
         self._process.exit_hooks.append(fn)
 
     _process: ChannelProcess
+
+
+class Refuse(Exception):
+    """Raise from :meth:`Socket.connect` to refuse the connection with an HTTP status."""
+
+    def __init__(self, status: int = 403, message: str = "") -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+
+
+class Socket:
+    """Base class for a socket mount: routes topics to channels and authenticates clients.
+
+    Subclass it, set :attr:`channels`, and override :meth:`connect` and :meth:`id`.
+    One instance exists per connection; ``assigns`` is copied into each channel it joins.
+    ``connect_info`` is given to :meth:`connect` only (as in Phoenix): copy what channels
+    need into the assigns.
+    """
+
+    #: Topic patterns to channel classes: ``"room:*"`` matches by prefix, others exactly.
+    channels: ClassVar[Mapping[str, type[Channel]]] = {}
+    #: Joins beyond this many channels on one connection are refused.
+    max_channels: ClassVar[int] = 100
+    #: Connections silent for longer than this (seconds) are closed by the heartbeat monitor.
+    idle_timeout: ClassVar[float] = 60.0
+    #: Inbound messages larger than this (bytes) close the connection with 1009.
+    max_frame_size: ClassVar[int] = 1 << 20
+    #: Hard cap on one connection's queued outbound bytes: past it the client is closed with
+    #: 1013 as a slow consumer even while it reads. Set well above a burst: a broadcast frame
+    #: queued for many connections is one object in memory, counted here for each of them.
+    max_buffer: ClassVar[int] = 64 << 20
+    #: Seconds queued outbound bytes may wait with none taken by the client before it is
+    #: closed with 1013 as a stalled reader (checked by the heartbeat monitor: the close
+    #: comes between 1 and 1.5 times this). A client that keeps reading is never cut by it.
+    write_timeout: ClassVar[float] = 30.0
+    #: Allowed browser origins (Phoenix's check_origin): a list such as
+    #: ``["https://app.example.com", "//*.example.com"]``; ``True`` = the request's own host;
+    #: ``False`` = any; ``None`` (default) = any on a loopback host, else the request's own host.
+    check_origin: ClassVar[bool | list[str] | tuple[str, ...] | None] = None
+    #: Inbound messages per second and burst per connection; over it a push gets
+    #: ``{"reason": "rate_limited"}``, and a client that keeps on is closed with 1008.
+    #: ``None`` disables the limit.
+    rate_limit: ClassVar[tuple[float, float] | None] = (1000.0, 2000.0)
+    #: Pushes waiting in one channel's mailbox; past it a push is answered
+    #: ``{"reason": "overloaded"}`` instead of queued (a slow handle_in cannot grow memory).
+    max_queued: ClassVar[int] = 1000
+    #: Back-pressure: when this many of a connection's pushes wait for its channels, the
+    #: server stops reading from it (TCP slows the client down) ...
+    unhandled_high_water: ClassVar[int] = 100
+    #: ... and reads again once no more than this many wait.
+    unhandled_low_water: ClassVar[int] = 50
+    #: A push that waited longer than this (seconds) for its channel is answered
+    #: ``{"reason": "overloaded"}`` instead of handled late. ``None``: no limit.
+    max_push_age: ClassVar[float | None] = 0.75
+    #: Serve ``<mount>/websocket`` (Phoenix's ``websocket: true``).
+    websocket: ClassVar[bool] = True
+    #: Serve ``<mount>/longpoll``, the LongPoll transport (phoenix.js ``LongPoll`` and its
+    #: ``longPollFallbackMs``); see docs/guide.md#longpoll.
+    longpoll: ClassVar[bool] = True
+    #: LongPoll: how long a poll waits for messages (seconds; Phoenix's ``window_ms``). A
+    #: session that gets no poll for 1.5 times this ends, as in Phoenix.
+    longpoll_window: ClassVar[float] = 10.0
+
+    def __init__(self, endpoint: Node) -> None:
+        #: The endpoint, as :class:`~channels.interfaces.Node` describes it.
+        self.endpoint = endpoint
+        self.assigns: dict[str, Any] = {}
+
+    async def connect(
+        self, params: dict[str, Any], connect_info: dict[str, Any]
+    ) -> bool | dict[str, Any]:
+        """Accept (``True``, or a dict merged into ``assigns``) or refuse (``False`` → 403,
+        or raise :class:`Refuse` with another status such as 429)."""
+        return True
+
+    def id(self) -> str | None:
+        """A topic naming this user's connections (``"user_socket:42"``), or None.
+
+        Broadcasting ``"disconnect"`` on it closes all of them with code 1001.
+        """
+        return None
+
+    @classmethod
+    def route(cls, topic: str) -> type[Channel] | None:
+        """The channel class for ``topic`` (first matching pattern in declaration order)."""
+        for pattern, channel in cls.channels.items():
+            if pattern.endswith("*"):
+                if topic.startswith(pattern[:-1]):
+                    return channel
+            elif topic == pattern:
+                return channel
+        return None
 
 
 _IN, _INFO, _OUT, _LEAVE = range(4)
@@ -203,7 +341,7 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
     replayed_upto: tuple[str, int] | None = None
 
     def __init__(
-        self, session: SocketSession, channel: Channel, topic: str, join_ref: str | None
+        self, session: ChannelSession, channel: Channel, topic: str, join_ref: str | None
     ) -> None:
         super().__init__()
         self.session = session
@@ -262,7 +400,7 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
                     return  # the replay sent it
                 # Past the replay: live from here on, on the fastlane.
                 del self.replayed_upto
-                self.session.pubsub.replan(topic)
+                self.session.replan(topic)
         if event in self.intercept:
             self.send((_OUT, event, payload))
             return
@@ -296,7 +434,7 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
             self.replayed_upto = (epoch, upto)
         for event, payload in held:
             self.deliver(self.topic, event, payload, {})
-        self.session.pubsub.replan(self.topic)
+        self.session.replan(self.topic)
 
     def flush_join_buffer(self) -> None:
         buffered, self._join_buffer = self._join_buffer or [], None

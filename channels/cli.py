@@ -172,7 +172,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         from channels.redis import RedisAdapter
 
         try:
-            endpoint.pubsub.adapter = RedisAdapter(args.redis_url, node_name=args.node_name)
+            endpoint.use_adapter(RedisAdapter(args.redis_url, node_name=args.node_name))
         except ValueError as exc:
             raise UsageError(f"--redis-url: {exc}") from None
     elif args.node_name:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from channels.endpoint import Endpoint
+    from channels.rooms import Rooms
 
 __all__ = ["BindError", "ConfigError", "check_endpoint"]
 
@@ -43,7 +43,16 @@ class BindError(OSError):
         return f"cannot listen on {self.host}:{self.port} ({self.what}): {why}"
 
 
-def check_endpoint(endpoint: Endpoint) -> tuple[list[str], list[str]]:
+class Configured(Protocol):
+    """What is checked of an endpoint: its socket mounts and its rooms."""
+
+    @property
+    def sockets(self) -> Mapping[str, Any]: ...
+    @property
+    def rooms(self) -> Rooms | None: ...
+
+
+def check_endpoint(endpoint: Configured) -> tuple[list[str], list[str]]:
     """``(errors, warnings)`` for the endpoint's sockets, channels and rooms."""
     from channels.channel import Channel
     from channels.rooms import Room, room_classes

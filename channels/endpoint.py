@@ -13,6 +13,7 @@ import logging
 import socket as stdsocket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -22,18 +23,19 @@ import trio
 from channels import http
 from channels import logging as chlog
 from channels.api import MAX_BODY, HttpApi, Relay
+from channels.channel import Refuse, Socket
 from channels.config import BindError, ConfigError, check_endpoint
 from channels.connection import Connection
 from channels.frames import CLOSE_PROTOCOL_ERROR, CLOSE_SERVICE_RESTART
 from channels.history import HistoryService
 from channels.http import HTTPError, Request
-from channels.lifecycle import Hook, Lifespan, Service, run_hooks
+from channels.lifecycle import Service, run_hooks
 from channels.limits import TokenBucket
 from channels.logutil import Throttled
 from channels.longpoll import LongPoll
-from channels.pubsub import PubSub, Subscriber
+from channels.pubsub import Adapter, PubSub, Subscriber
 from channels.serializer import serializer_for_vsn
-from channels.socket import Refuse, Socket, SocketSession
+from channels.socket import SocketSession
 from channels.stats import FANOUT_BUCKETS, Counters, Histogram
 from channels.telemetry import (
     BROADCAST,
@@ -54,6 +56,11 @@ log = logging.getLogger("channels.endpoint")
 _throttled = Throttled(log)
 
 _connection_ids = itertools.count(1)
+
+#: ``lifespan(endpoint)``: an async context manager entered before serving, exited after.
+Lifespan = Callable[["Endpoint"], AbstractAsyncContextManager[Any]]
+#: A startup or shutdown hook: ``async def hook(endpoint)`` (or a plain function).
+Hook = Callable[["Endpoint"], Awaitable[None] | None]
 
 H = TypeVar("H", bound=Hook)
 
@@ -83,6 +90,7 @@ class Endpoint:
         sockets: Mapping[str, type[Socket]],
         *,
         pubsub: PubSub | None = None,
+        adapter: Adapter | None = None,
         presence: Presence | None = None,
         static: Mapping[str, str | Path] | None = None,
         drain_batch_size: int = 10_000,
@@ -98,15 +106,18 @@ class Endpoint:
         secret_key: str | bytes | None = None,
     ) -> None:
         self.sockets = {mount.rstrip("/"): cls for mount, cls in sockets.items()}
-        self.pubsub = pubsub if pubsub is not None else PubSub()
+        if pubsub is not None and adapter is not None:
+            raise ValueError("give the adapter to the PubSub, or give the Endpoint an adapter "
+                             "and no PubSub, not both")
+        self.pubsub = pubsub if pubsub is not None else PubSub(adapter)
         self.presence = presence
         if presence is not None:
             presence.attach(self.pubsub)
         self.rooms = rooms
         if rooms is not None:
-            rooms.attach(self)
+            rooms.attach(self.pubsub, presence)
         #: Positions and stores the broadcasts of topics whose channel declares ``history``.
-        self.history = HistoryService.for_endpoint(self)
+        self.history = HistoryService.for_sockets(self.sockets.values())
         if self.history is not None:
             self.history.attach(self.pubsub)
         self.lifespan = lifespan
@@ -125,7 +136,7 @@ class Endpoint:
                           if getattr(cls, "websocket", True)}
         #: The LongPoll transport (``<mount>/longpoll``); ``secret_key`` (else the
         #: TRIO_CHANNELS_SECRET_KEY environment variable, else a random key) signs its tokens.
-        self.longpoll = LongPoll(self, secret_key)
+        self.longpoll = LongPoll(self, self.sockets, secret_key)
         self._cancel: trio.CancelScope | None = None
         self._connections: trio.Nursery | None = None
         self._all_closed = trio.Event()
@@ -146,10 +157,56 @@ class Endpoint:
         self.relay = Relay(self)
 
     def session_ended(self, session: SocketSession) -> None:
-        """Called by a session when its connection is gone."""
+        """A session's connection is gone: it no longer counts among the node's sessions."""
         self.sessions.discard(session)
         if not self.sessions:
             self._all_closed.set()
+
+    async def run_session(self, session: SocketSession) -> None:
+        """Run ``session`` until it ends, counted meanwhile among the node's sessions (the
+        drain closes them, the heartbeat monitor scans them, ``max_connections`` counts
+        them); then let its last bytes go."""
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.session_ended(session)
+            await session.linger()
+
+    def start_session(self, session: SocketSession, name: str) -> bool:
+        """Run ``session`` (:meth:`run_session`) in the background; False when the node does
+        not serve (or drains)."""
+        return not self.draining and self.start_task(self.run_session, session, name=name)
+
+    def start_task(self, fn: Callable[..., Awaitable[object]], *args: object,
+                   name: str | None = None) -> bool:
+        """Run ``fn(*args)`` alongside the connections (cancelled with them); False when
+        the node does not serve."""
+        if self._connections is None:
+            return False
+        self._connections.start_soon(fn, *args, name=name)
+        return True
+
+    def use_adapter(self, adapter: Adapter) -> None:
+        """Link the node to its cluster through ``adapter`` instead of the one it was given
+        (``trio-channels serve --redis-url`` does this): only before it serves."""
+        if self._connections is not None or self._cancel is not None:
+            raise RuntimeError("the adapter of a serving endpoint cannot change")
+        self.pubsub.adapter = adapter
+
+    def admit(self, peer: tuple[str, int], what: str) -> None:
+        """Raise :class:`HTTPError` 503 when no new client may connect now: draining, at
+        ``max_connections``, or over the connection rate. ``what``: for the log line."""
+        if self.draining:
+            raise HTTPError(503, "server is shutting down")
+        if self.max_connections is not None and len(self.sessions) >= self.max_connections:
+            log.warning("refused %s from %s: %d connections (max_connections)",
+                        what, peer, len(self.sessions))
+            raise HTTPError(503, "too many connections")
+        if self._connection_rate is not None and \
+                not self._connection_rate.take(trio.current_time()):
+            log.warning("refused %s from %s: new connections over the rate limit", what, peer)
+            raise HTTPError(503, "too many new connections")
 
     # -- public API --------------------------------------------------------------------------
 
@@ -395,9 +452,9 @@ class Endpoint:
         assert self._connections is not None
         conn.attach(self._connections)
         try:
-            session = await http.serve_http(self, conn, host_port)
+            session = await http.serve_http(self.handle_http, conn, host_port)
             if session is not None:
-                await session.run()
+                await self.run_session(session)
         except Exception as exc:
             _throttled(("handler", type(exc), str(exc)[:100]), logging.ERROR,
                        "connection handler for %s failed", peer, exc_info=exc)
@@ -469,17 +526,7 @@ class Endpoint:
     async def _websocket(self, socket_cls: type[Socket], req: Request, conn: Connection,
                          h: h11.Connection) -> SocketSession:
         http.check_handshake(req)
-        if self.draining:
-            raise HTTPError(503, "server is shutting down")
-        if self.max_connections is not None and len(self.sessions) >= self.max_connections:
-            log.warning("refused WebSocket from %s: %d connections (max_connections)",
-                        req.peer, len(self.sessions))
-            raise HTTPError(503, "too many connections")
-        if self._connection_rate is not None and \
-                not self._connection_rate.take(trio.current_time()):
-            log.warning("refused WebSocket from %s: new connections over the rate limit",
-                        req.peer)
-            raise HTTPError(503, "too many new connections")
+        self.admit(req.peer, "WebSocket")
         params = http.parse_params(req.query)
         vsn = params.get("vsn")
         serializer = serializer_for_vsn(vsn) if vsn is None or isinstance(vsn, str) else None
@@ -496,7 +543,7 @@ class Endpoint:
             log.warning("refused WebSocket from %s: subprotocols %r (expected phoenix)",
                         req.peer, offered)
             raise HTTPError(403, "unsupported subprotocol")
-        connect_info = _connect_info(req, token)
+        connect_info = http.connect_info(req, token)
         socket = socket_cls(self)
         try:
             result = await socket.connect(params, connect_info)
@@ -569,32 +616,4 @@ def _listen(host: str, port: int, reuse_port: bool = False) -> stdsocket.socket:
         raise BindError("the endpoint", host, port, exc) from exc
     sock.setblocking(False)
     return sock
-
-
-def _mask_protocols(name: str, value: str) -> str:
-    """Hide the authToken subprotocol (it is in ``auth_token``) so logging headers is safe."""
-    if name != "sec-websocket-protocol" or http.AUTH_TOKEN_PREFIX not in value:
-        return value
-    return ", ".join("[FILTERED]" if p.strip().startswith(http.AUTH_TOKEN_PREFIX) else p.strip()
-                     for p in value.split(","))
-
-
-def _connect_info(req: Request, token: str | None) -> dict[str, Any]:
-    host_header = req.header("host") or f"{req.host_port[0]}:{req.host_port[1]}"
-    host, _, port = host_header.rpartition(":") if ":" in host_header else (host_header, "", "")
-    return {
-        "peer_data": {"address": req.peer[0], "port": req.peer[1]},
-        "uri": {"scheme": "http", "host": host or host_header,
-                "port": int(port) if port.isdigit() else req.host_port[1],
-                "path": req.path, "query": req.query},
-        "user_agent": req.header("user-agent"),
-        "origin": req.header("origin"),
-        "x_headers": [(k, v) for k, v in req.headers if k.startswith("x-")],
-        "trace_context_headers": [(k, v) for k, v in req.headers
-                                  if k in ("traceparent", "tracestate")],
-        "sec_websocket_headers": [(k, _mask_protocols(k, v)) for k, v in req.headers
-                                  if k.startswith("sec-websocket-")],
-        "headers": {k: _mask_protocols(k, v) for k, v in req.headers},
-        "auth_token": token,
-    }
 

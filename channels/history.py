@@ -41,7 +41,8 @@ import trio
 from channels.logutil import Throttled
 
 if TYPE_CHECKING:
-    from channels.endpoint import Endpoint
+    from collections.abc import Iterable
+
     from channels.pubsub import FrameCache, PubSub, Subscriber
 
 __all__ = [
@@ -557,10 +558,11 @@ class HistoryService:
         self.unstored = 0  # broadcasts delivered without a position (store down, binary)
 
     @classmethod
-    def for_endpoint(cls, endpoint: Endpoint) -> HistoryService | None:
-        """A service for the endpoint's channel classes that declare ``history``, or None."""
+    def for_sockets(cls, sockets: Iterable[object]) -> HistoryService | None:
+        """A service for the channel classes of these Socket classes that declare
+        ``history``, or None."""
         routes: list[tuple[str, History]] = []
-        for socket_cls in endpoint.sockets.values():
+        for socket_cls in sockets:
             for pattern, channel_cls in getattr(socket_cls, "channels", {}).items():
                 config = getattr(channel_cls, "history", None)
                 if isinstance(config, History):
@@ -609,9 +611,8 @@ class HistoryService:
         self._shared = not isinstance(self._store, MemoryHistoryStore)
         subscriber = _HistorySubscriber(self)
         pubsub.subscribe(HISTORY_TOPIC, subscriber)
-        hooks: list[Any] | None = getattr(adapter, "on_reconnect", None)
-        if hooks is not None:
-            hooks.append(self._relinked)
+        hooks = adapter.on_reconnect
+        hooks.append(self._relinked)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._store.run)
@@ -620,7 +621,7 @@ class HistoryService:
                 await trio.sleep_forever()
         finally:
             pubsub.unsubscribe(HISTORY_TOPIC, subscriber)
-            if hooks is not None and self._relinked in hooks:
+            if self._relinked in hooks:
                 hooks.remove(self._relinked)
 
     # -- broadcasting ----------------------------------------------------------------------------

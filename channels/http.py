@@ -15,19 +15,16 @@ import logging
 import mimetypes
 import re
 import socket as stdsocket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 import trio
 
 from channels.connection import Connection
-
-if TYPE_CHECKING:
-    from channels.endpoint import Endpoint
-    from channels.socket import SocketSession
 
 log = logging.getLogger("channels.http")
 
@@ -179,11 +176,19 @@ async def close_lingering(conn: Connection, timeout: float = LINGER_TIMEOUT,
     conn.abort()
 
 
+S = TypeVar("S")
+
+#: Answers one request: returns what to run on the connection once it upgraded (a session),
+#: or None to serve the next request; raises :class:`HTTPError` to refuse.
+Handler = Callable[[Request, Connection, h11.Connection], Awaitable[S | None]]
+
+
 async def serve_http(
-    endpoint: Endpoint, conn: Connection, host_port: tuple[str, int]
-) -> SocketSession | None:
-    """Serve HTTP requests on ``conn`` until it closes, or until it upgrades to a WebSocket:
-    then the session to run is returned (so the HTTP parser's state can be freed first)."""
+    handler: Handler[S], conn: Connection, host_port: tuple[str, int]
+) -> S | None:
+    """Serve HTTP requests on ``conn`` with ``handler`` until it closes, or until a request
+    upgrades it (to a WebSocket): then what the handler returned for it is returned (so the
+    HTTP parser's state can be freed first)."""
     h = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
     while True:
         event: Any = None
@@ -202,7 +207,7 @@ async def serve_http(
             return None
         req = _make_request(event, conn.peer, host_port)
         try:
-            session = await endpoint.handle_http(req, conn, h)
+            session = await handler(req, conn, h)
         except HTTPError as exc:
             await send_response(conn, h, exc.status, (exc.message + "\n").encode(),
                                 headers=[("connection", "close")])
@@ -421,3 +426,32 @@ def resolve_static(static: dict[str, Path], path: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def _mask_protocols(name: str, value: str) -> str:
+    """Hide the authToken subprotocol (it is in ``auth_token``) so logging headers is safe."""
+    if name != "sec-websocket-protocol" or AUTH_TOKEN_PREFIX not in value:
+        return value
+    return ", ".join("[FILTERED]" if p.strip().startswith(AUTH_TOKEN_PREFIX) else p.strip()
+                     for p in value.split(","))
+
+
+def connect_info(req: Request, token: str | None) -> dict[str, Any]:
+    """What ``Socket.connect`` is told of the request (Phoenix's ``connect_info``)."""
+    host_header = req.header("host") or f"{req.host_port[0]}:{req.host_port[1]}"
+    host, _, port = host_header.rpartition(":") if ":" in host_header else (host_header, "", "")
+    return {
+        "peer_data": {"address": req.peer[0], "port": req.peer[1]},
+        "uri": {"scheme": "http", "host": host or host_header,
+                "port": int(port) if port.isdigit() else req.host_port[1],
+                "path": req.path, "query": req.query},
+        "user_agent": req.header("user-agent"),
+        "origin": req.header("origin"),
+        "x_headers": [(k, v) for k, v in req.headers if k.startswith("x-")],
+        "trace_context_headers": [(k, v) for k, v in req.headers
+                                  if k in ("traceparent", "tracestate")],
+        "sec_websocket_headers": [(k, _mask_protocols(k, v)) for k, v in req.headers
+                                  if k.startswith("sec-websocket-")],
+        "headers": {k: _mask_protocols(k, v) for k, v in req.headers},
+        "auth_token": token,
+    }

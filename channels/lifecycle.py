@@ -11,22 +11,16 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TypeVar
 
 import trio
 
 from supervisor import RestartIntensity
 
-if TYPE_CHECKING:
-    from channels.endpoint import Endpoint
-
 log = logging.getLogger("channels.lifecycle")
 
-#: ``lifespan(endpoint)``: an async context manager entered before serving, exited after.
-Lifespan = Callable[["Endpoint"], AbstractAsyncContextManager[Any]]
-#: A startup or shutdown hook: ``async def hook(endpoint)`` (or a plain function).
-Hook = Callable[["Endpoint"], Awaitable[None] | None]
+#: What hooks are called with: the endpoint (``channels.endpoint.Hook`` is the hook type).
+T = TypeVar("T")
 
 
 class Service:
@@ -78,11 +72,13 @@ class Service:
             delay = min(delay * 2, 30.0)
 
 
-async def run_hooks(hooks: list[Hook], endpoint: Endpoint, what: str) -> None:
-    """Run hooks in order; at startup an error propagates (the node does not start)."""
+async def run_hooks(hooks: list[Callable[[T], Awaitable[None] | None]], arg: T,
+                    what: str) -> None:
+    """Run ``hook(arg)`` for each hook in order; at startup an error propagates (the node
+    does not start)."""
     for hook in hooks:
         try:
-            result = hook(endpoint)
+            result = hook(arg)
             if inspect.isawaitable(result):
                 await result
         except Exception:

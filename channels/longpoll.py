@@ -38,8 +38,8 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import h11
 import orjson
@@ -48,14 +48,15 @@ import trio
 from channels import http
 from channels.frames import CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN_LATER
 from channels.http import HTTPError, Request
+from channels.interfaces import Node
 from channels.logutil import Throttled
+from channels.pubsub import LocalAdapter
 from channels.serializer import EncodeError, Serializer, serializer_for_vsn
 from channels.socket import Refuse, Socket, SocketSession
 from channels.tokens import MIN_SECRET_BYTES, TokenError, sign_token, verify_token
 
 if TYPE_CHECKING:
     from channels.connection import Connection
-    from channels.endpoint import Endpoint
 
 log = logging.getLogger("channels.longpoll")
 _throttled = Throttled(log)
@@ -242,10 +243,11 @@ class LongPollSession(SocketSession):
     #: Set once the session can take messages (its channels' supervisor is up); then unset.
     started: trio.Event | None = None
 
-    def __init__(self, endpoint: Endpoint, socket: Socket, serializer: Serializer,
-                 sid: str, token: bytes, peer: tuple[str, int]) -> None:
+    def __init__(self, endpoint: Node, socket: Socket, serializer: Serializer,
+                 sid: str, token: bytes, peer: tuple[str, int], transport: LongPoll) -> None:
         outbox = Outbox(peer, type(socket).max_buffer)
         super().__init__(endpoint, socket, serializer, outbox)  # type: ignore[arg-type]
+        self.transport = transport
         self.fastlane_key = _fastlane_key(serializer)
         self.sid = sid
         self.token = token
@@ -322,7 +324,7 @@ class LongPollSession(SocketSession):
             self._ended.set()
             if self.started is not None:  # it ended before it could start
                 self.started.set()
-            self.endpoint.longpoll.forget(self)
+            self.transport.forget(self)
             waiter = self.conn.waiter
             if waiter is not None:
                 waiter.wake(_GONE)
@@ -467,10 +469,25 @@ def parse_body(body: bytes, content_type: str | None) -> list[tuple[bytes, bool]
     return parts
 
 
+class LongPollHost(Node, Protocol):
+    """What the LongPoll transport needs of its endpoint: to admit and run sessions."""
+
+    def admit(self, peer: tuple[str, int], what: str) -> None:
+        """Raise :class:`~channels.http.HTTPError` 503 when no new session may start now
+        (draining, ``max_connections``, the connection rate)."""
+
+    def start_session(self, session: SocketSession, name: str) -> bool:
+        """Run ``session`` among the node's sessions; False when the node does not serve."""
+
+    def start_task(self, fn: Callable[..., Awaitable[object]], *args: object) -> bool:
+        """Run ``fn(*args)`` alongside the connections; False when the node does not serve."""
+
+
 class LongPoll:
     """The LongPoll transport of one endpoint: its sessions, tokens and cluster forwarding."""
 
-    def __init__(self, endpoint: Endpoint, secret_key: str | bytes | None = None) -> None:
+    def __init__(self, endpoint: LongPollHost, sockets: Mapping[str, type[Socket]],
+                 secret_key: str | bytes | None = None) -> None:
         self.endpoint = endpoint
         key: str | bytes | None = secret_key
         if key is None or key == "":
@@ -481,7 +498,7 @@ class LongPoll:
         self.secret: bytes = secrets.token_bytes(32) if key is None else \
             key.encode() if isinstance(key, str) else bytes(key)
         #: ``<mount>/longpoll`` -> Socket class, for the sockets with ``longpoll = True``.
-        self.paths = {mount + "/longpoll": cls for mount, cls in endpoint.sockets.items()
+        self.paths = {mount + "/longpoll": cls for mount, cls in sockets.items()
                       if isinstance(cls, type) and getattr(cls, "longpoll", False)}
         self.sessions: dict[str, LongPollSession] = {}
         #: Plain-int counters: sessions started, refused; polls and posts served here for
@@ -511,8 +528,6 @@ class LongPoll:
 
     def start(self) -> None:
         """Listen for requests forwarded by other nodes (the node's name is final now)."""
-        from channels.pubsub import LocalAdapter
-
         pubsub = self.endpoint.pubsub
         if self._topic is not None:
             pubsub.unsubscribe(self._topic, self)
@@ -679,20 +694,8 @@ class LongPoll:
 
     async def _new_session(self, socket_cls: type[Socket], req: Request, conn: Connection,
                            h: h11.Connection, params: dict[str, Any]) -> None:
-        from channels.endpoint import _connect_info
-
         ep = self.endpoint
-        if ep.draining:
-            raise HTTPError(503, "server is shutting down")
-        if ep.max_connections is not None and len(ep.sessions) >= ep.max_connections:
-            log.warning("refused LongPoll session from %s: %d connections (max_connections)",
-                        req.peer, len(ep.sessions))
-            raise HTTPError(503, "too many connections")
-        rate = ep._connection_rate
-        if rate is not None and not rate.take(trio.current_time()):
-            log.warning("refused LongPoll session from %s: new connections over the rate "
-                        "limit", req.peer)
-            raise HTTPError(503, "too many new connections")
+        ep.admit(req.peer, "LongPoll session")
         vsn = params.get("vsn")
         serializer = serializer_for_vsn(vsn) if vsn is None or isinstance(vsn, str) else None
         if serializer is None:
@@ -702,7 +705,7 @@ class LongPoll:
             await _send_json(conn, h, _STATUS_403)
             return
         auth = req.header(AUTH_HEADER)
-        connect_info = _connect_info(req, auth)
+        connect_info = http.connect_info(req, auth)
         if auth is not None:  # the token is in auth_token: keep it out of logged headers
             connect_info["headers"][AUTH_HEADER] = "[FILTERED]"
             connect_info["x_headers"] = [(k, "[FILTERED]" if k == AUTH_HEADER else v)
@@ -727,15 +730,13 @@ class LongPoll:
             self.stats["refused"] += 1
             await _send_json(conn, h, _STATUS_403)
             return
-        nursery = ep._connections
-        if nursery is None or ep.draining:
-            raise HTTPError(503, "server is shutting down")
         sid = secrets.token_urlsafe(16)
         token = self.sign(sid)
-        session = LongPollSession(ep, socket, serializer, sid, token, req.peer)
+        session = LongPollSession(ep, socket, serializer, sid, token, req.peer, self)
+        if not ep.start_session(session, f"longpoll {req.peer}"):
+            raise HTTPError(503, "server is shutting down")
         self.sessions[sid] = session
         self.stats["started"] += 1
-        nursery.start_soon(session.run, name=f"longpoll {req.peer}")
         started = session.started
         assert started is not None
         await started.wait()
@@ -790,9 +791,8 @@ class LongPoll:
                 fwd.answered.set()
         elif event in ("poll", "post"):
             origin, sid = payload.get("from"), payload.get("sid")
-            nursery = self.endpoint._connections
-            if isinstance(origin, str) and isinstance(sid, str) and nursery is not None:
-                nursery.start_soon(self._serve_forwarded, event, origin, rid, sid, payload)
+            if isinstance(origin, str) and isinstance(sid, str):
+                self.endpoint.start_task(self._serve_forwarded, event, origin, rid, sid, payload)
 
     async def _serve_forwarded(self, kind: str, origin: str, rid: str, sid: str,
                                payload: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import socket as stdsocket
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import h11
 import trio
@@ -38,15 +38,25 @@ from prometheus_client.registry import Collector
 from channels import http
 from channels.config import BindError
 from channels.connection import Connection
+from channels.interfaces import Node
 from channels.longpoll import LongPollSession
 from channels.stats import Histogram
 
 if TYPE_CHECKING:
-    from channels.endpoint import Endpoint
+    from collections.abc import Collection
+
+    from channels.socket import SocketSession
 
 __all__ = ["Metrics"]
 
 log = logging.getLogger("channels.metrics")
+
+
+class Measured(Node, Protocol):
+    """What the metrics read of an endpoint: its parts and its sessions."""
+
+    @property
+    def sessions(self) -> Collection[SocketSession]: ...
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -54,7 +64,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 class Metrics:
     """The metrics of one endpoint: its registry, and the ``/metrics`` listener."""
 
-    def __init__(self, endpoint: Endpoint, port: int, host: str | None = None) -> None:
+    def __init__(self, endpoint: Measured, port: int, host: str | None = None) -> None:
         self.endpoint = endpoint
         self.port = port
         self.host = host
@@ -142,7 +152,7 @@ def _name(cls: type) -> str:
 class EndpointCollector(Collector):
     """Reads the endpoint's counters and its parts' stats at scrape time."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Measured) -> None:
         self.endpoint = endpoint
 
     def collect(self) -> Iterator[Metric]:

@@ -12,14 +12,13 @@ import abc
 import logging
 import secrets
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 if TYPE_CHECKING:
-    from channels.history import HistoryService
     from channels.stats import Histogram
 
 log = logging.getLogger("channels.pubsub")
@@ -36,6 +35,22 @@ class Subscriber(Protocol):
 
     def deliver(self, topic: str, event: str, payload: Any, cache: FrameCache) -> None:
         """Take one broadcast. Must not block; ``cache`` is shared by all recipients."""
+
+
+class BroadcastHistory(Protocol):
+    """What broadcasting needs of the history service
+    (:class:`~channels.history.HistoryService`)."""
+
+    def config_for(self, topic: str) -> Any:
+        """The topic's :class:`~channels.history.History`, or None when it keeps none."""
+
+    async def broadcast(self, topic: str, config: Any, event: str, payload: Any,
+                        exclude: Subscriber | None) -> None:
+        """Store, position, and deliver everywhere."""
+
+
+#: A hook run after an adapter re-linked to the cluster (sync or async, no arguments).
+ReconnectHook = Callable[[], Awaitable[None] | None]
 
 
 #: What a fastlane subscriber offers: a key shared by subscribers that receive identical bytes
@@ -95,6 +110,20 @@ class Adapter(abc.ABC):
     node_name: str = "local"
     #: Unique per process start: a restarted node is a new incarnation (presence uses it).
     incarnation: str = ""
+    _on_reconnect: list[ReconnectHook] | None = None
+
+    @property
+    def on_reconnect(self) -> list[ReconnectHook]:
+        """Hooks run after every re-link to the other nodes (messages may have been missed
+        meanwhile: history and rooms resynchronise). An adapter that never loses its link,
+        such as the local one, never runs them."""
+        if self._on_reconnect is None:
+            self._on_reconnect = []
+        return self._on_reconnect
+
+    @on_reconnect.setter
+    def on_reconnect(self, hooks: list[ReconnectHook]) -> None:
+        self._on_reconnect = hooks
 
     @abc.abstractmethod
     async def run(self, pubsub: PubSub, *, task_status: trio.TaskStatus[None]) -> None:
@@ -154,7 +183,7 @@ class PubSub:
         self.on_broadcast: Callable[[str, str, int], None] | None = None
         #: Positions, stores and sequences the broadcasts of topics with history (set by the
         #: endpoint when a channel class declares one).
-        self.history: HistoryService | None = None
+        self.history: BroadcastHistory | None = None
 
     @property
     def node_name(self) -> str:

@@ -30,7 +30,6 @@ import random
 import secrets
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -42,7 +41,7 @@ import trio
 from coredis.retry import NoRetryPolicy
 
 from channels.logutil import Throttled
-from channels.pubsub import Adapter, PubSub
+from channels.pubsub import Adapter, PubSub, ReconnectHook
 
 log = logging.getLogger("channels.redis")
 
@@ -50,7 +49,6 @@ ENVELOPE_VERSION = 1
 MODE_EXCEPT = "except"
 MODE_ONLY = "only"
 
-ReconnectHook = Callable[[], Awaitable[None] | None]
 
 # Compare-and-refresh of the liveness key, atomic so two processes never both own a name.
 # Returns {1, own} refreshed, {2, own} created (absent or lapsed), {0, other, pttl_ms} held.
@@ -218,7 +216,7 @@ class RedisAdapter(Adapter):
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self.keepalive_interval = keepalive_interval
-        self.on_reconnect: list[ReconnectHook] = []
+        self.on_reconnect = []
 
         self.broadcast_channel = f"{namespace}:bc"
         self.direct_channel = self.channel_for(node_name)

@@ -33,7 +33,6 @@ from channels.placement import Lease, LeaseStore, MemoryLeaseStore
 from supervisor import Actor, MailboxClosed, RestartIntensity, TimerRef
 
 if TYPE_CHECKING:
-    from channels.endpoint import Endpoint
     from channels.pubsub import Adapter, FrameCache, PubSub
     from presence import Presence
 
@@ -653,7 +652,7 @@ class Rooms:
         self._classes: dict[str, type[Room]] = {}
         for cls in classes:
             self.register(cls)
-        self._endpoint: Endpoint | None = None
+        self._presence: Presence | None = None
         self._pubsub: PubSub | None = None
         self._nursery: trio.Nursery | None = None
         self._active: dict[str, _Activation] = {}
@@ -701,10 +700,10 @@ class Rooms:
         self._classes[name] = cls
         return cls
 
-    def attach(self, endpoint: Endpoint) -> None:
-        """Bind to an endpoint (the endpoint does this)."""
-        self._endpoint = endpoint
-        self._pubsub = endpoint.pubsub
+    def attach(self, pubsub: PubSub, presence: Presence | None = None) -> None:
+        """Bind to an endpoint's pubsub and presence (the endpoint does this)."""
+        self._pubsub = pubsub
+        self._presence = presence
 
     @property
     def store(self) -> LeaseStore:
@@ -714,10 +713,9 @@ class Rooms:
 
     @property
     def presence(self) -> Presence:
-        endpoint = self._endpoint
-        if endpoint is None or endpoint.presence is None:
+        if self._presence is None:
             raise RuntimeError("the endpoint has no Presence (Endpoint(..., presence=...))")
-        return endpoint.presence
+        return self._presence
 
     @property
     def node_name(self) -> str:
@@ -810,9 +808,8 @@ class Rooms:
         self._owner_id = f"{adapter.node_name}/{adapter.incarnation or 'x'}"
         subscriber = _RoomsSubscriber(self)
         self._pubsub.subscribe(ROOMS_TOPIC, subscriber)
-        hooks: list[Callable[[], object]] | None = getattr(adapter, "on_reconnect", None)
-        if hooks is not None:
-            hooks.append(self._relinked)
+        hooks = adapter.on_reconnect
+        hooks.append(self._relinked)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -826,7 +823,7 @@ class Rooms:
             self._nursery = None
             self._running = False
             self._pubsub.unsubscribe(ROOMS_TOPIC, subscriber)
-            if hooks is not None and self._relinked in hooks:
+            if self._relinked in hooks:
                 hooks.remove(self._relinked)
             for remote in self._pending.values():
                 remote.event.set()

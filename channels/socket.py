@@ -10,14 +10,13 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from channels import logging as chlog
 from channels import protocol
-from channels.channel import Channel, ChannelProcess, JoinError, Reply
+from channels.channel import Channel, ChannelProcess, JoinError, Refuse, Reply, Socket
 from channels.connection import Connection, kernel_unread
 from channels.frames import (
     CLOSE_GOING_AWAY,
@@ -37,105 +36,17 @@ from channels.wsframe import Close, Failure, FrameParser, Ping, close_frame, pon
 from supervisor import DynamicSupervisor
 
 if TYPE_CHECKING:
-    from channels.endpoint import Endpoint
+    from channels.interfaces import Node
+    from channels.pubsub import Subscriber
+
+# Socket and Refuse live with Channel (they refer to each other); importable from here too.
+__all__ = ["Refuse", "Socket", "SocketSession"]
 
 log = logging.getLogger("channels.socket")
 # What a client (or a bug hit by every client) can repeat at will is logged once per interval.
 _throttled = Throttled(log)
 
 CLOSE_GRACE = 2.0  # seconds to wait for the peer's close frame after ours
-
-
-class Refuse(Exception):
-    """Raise from :meth:`Socket.connect` to refuse the connection with an HTTP status."""
-
-    def __init__(self, status: int = 403, message: str = "") -> None:
-        super().__init__(status, message)
-        self.status = status
-        self.message = message
-
-
-class Socket:
-    """Base class for a socket mount: routes topics to channels and authenticates clients.
-
-    Subclass it, set :attr:`channels`, and override :meth:`connect` and :meth:`id`.
-    One instance exists per connection; ``assigns`` is copied into each channel it joins.
-    ``connect_info`` is given to :meth:`connect` only (as in Phoenix): copy what channels
-    need into the assigns.
-    """
-
-    #: Topic patterns to channel classes: ``"room:*"`` matches by prefix, others exactly.
-    channels: ClassVar[Mapping[str, type[Channel]]] = {}
-    #: Joins beyond this many channels on one connection are refused.
-    max_channels: ClassVar[int] = 100
-    #: Connections silent for longer than this (seconds) are closed by the heartbeat monitor.
-    idle_timeout: ClassVar[float] = 60.0
-    #: Inbound messages larger than this (bytes) close the connection with 1009.
-    max_frame_size: ClassVar[int] = 1 << 20
-    #: Hard cap on one connection's queued outbound bytes: past it the client is closed with
-    #: 1013 as a slow consumer even while it reads. Set well above a burst: a broadcast frame
-    #: queued for many connections is one object in memory, counted here for each of them.
-    max_buffer: ClassVar[int] = 64 << 20
-    #: Seconds queued outbound bytes may wait with none taken by the client before it is
-    #: closed with 1013 as a stalled reader (checked by the heartbeat monitor: the close
-    #: comes between 1 and 1.5 times this). A client that keeps reading is never cut by it.
-    write_timeout: ClassVar[float] = 30.0
-    #: Allowed browser origins (Phoenix's check_origin): a list such as
-    #: ``["https://app.example.com", "//*.example.com"]``; ``True`` = the request's own host;
-    #: ``False`` = any; ``None`` (default) = any on a loopback host, else the request's own host.
-    check_origin: ClassVar[bool | list[str] | tuple[str, ...] | None] = None
-    #: Inbound messages per second and burst per connection; over it a push gets
-    #: ``{"reason": "rate_limited"}``, and a client that keeps on is closed with 1008.
-    #: ``None`` disables the limit.
-    rate_limit: ClassVar[tuple[float, float] | None] = (1000.0, 2000.0)
-    #: Pushes waiting in one channel's mailbox; past it a push is answered
-    #: ``{"reason": "overloaded"}`` instead of queued (a slow handle_in cannot grow memory).
-    max_queued: ClassVar[int] = 1000
-    #: Back-pressure: when this many of a connection's pushes wait for its channels, the
-    #: server stops reading from it (TCP slows the client down) ...
-    unhandled_high_water: ClassVar[int] = 100
-    #: ... and reads again once no more than this many wait.
-    unhandled_low_water: ClassVar[int] = 50
-    #: A push that waited longer than this (seconds) for its channel is answered
-    #: ``{"reason": "overloaded"}`` instead of handled late. ``None``: no limit.
-    max_push_age: ClassVar[float | None] = 0.75
-    #: Serve ``<mount>/websocket`` (Phoenix's ``websocket: true``).
-    websocket: ClassVar[bool] = True
-    #: Serve ``<mount>/longpoll``, the LongPoll transport (phoenix.js ``LongPoll`` and its
-    #: ``longPollFallbackMs``); see docs/guide.md#longpoll.
-    longpoll: ClassVar[bool] = True
-    #: LongPoll: how long a poll waits for messages (seconds; Phoenix's ``window_ms``). A
-    #: session that gets no poll for 1.5 times this ends, as in Phoenix.
-    longpoll_window: ClassVar[float] = 10.0
-
-    def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
-        self.assigns: dict[str, Any] = {}
-
-    async def connect(
-        self, params: dict[str, Any], connect_info: dict[str, Any]
-    ) -> bool | dict[str, Any]:
-        """Accept (``True``, or a dict merged into ``assigns``) or refuse (``False`` → 403,
-        or raise :class:`Refuse` with another status such as 429)."""
-        return True
-
-    def id(self) -> str | None:
-        """A topic naming this user's connections (``"user_socket:42"``), or None.
-
-        Broadcasting ``"disconnect"`` on it closes all of them with code 1001.
-        """
-        return None
-
-    @classmethod
-    def route(cls, topic: str) -> type[Channel] | None:
-        """The channel class for ``topic`` (first matching pattern in declaration order)."""
-        for pattern, channel in cls.channels.items():
-            if pattern.endswith("*"):
-                if topic.startswith(pattern[:-1]):
-                    return channel
-            elif topic == pattern:
-                return channel
-        return None
 
 
 class _IdSubscriber:
@@ -165,7 +76,7 @@ class SocketSession:
     _backlog_since: float | None = None
 
     def __init__(
-        self, endpoint: Endpoint, socket: Socket, serializer: Serializer, conn: Connection,
+        self, endpoint: Node, socket: Socket, serializer: Serializer, conn: Connection,
         trailing: bytes = b"",
     ) -> None:
         self.endpoint = endpoint
@@ -247,6 +158,14 @@ class SocketSession:
             counters.bytes_out += len(frame)
             self.conn.write_nowait(frame)
 
+    async def broadcast(self, topic: str, event: str, payload: Any, *,
+                        exclude: Subscriber | None = None) -> None:
+        """Broadcast for one of this session's channels (on every node)."""
+        await self.pubsub.broadcast(topic, event, payload, exclude=exclude)
+
+    def replan(self, topic: str) -> None:
+        self.pubsub.replan(topic)
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def close(self, code: int, reason: str = "", end_reason: str = "closed") -> None:
@@ -303,7 +222,6 @@ class SocketSession:
                 context = chlog.connection_var.get()
                 if context is not None:
                     context["socket_id"] = sid
-        self.endpoint.sessions.add(self)
         try:
             async with DynamicSupervisor.open(name="channels") as sup:
                 self._sup = sup
@@ -313,12 +231,14 @@ class SocketSession:
                     self._stop_channels()
                     sup.stop()
         finally:
-            self.endpoint.session_ended(self)
             if self._id_topic is not None:
                 self.pubsub.unsubscribe(self._id_topic, self._id_sub)
-            if not self.conn.closed:
-                await self.conn.drain(1.0)
-                self.conn.abort()
+
+    async def linger(self) -> None:
+        """After :meth:`run`: let what is queued go out (at most 1 s), then close."""
+        if not self.conn.closed:
+            await self.conn.drain(1.0)
+            self.conn.abort()
 
     def _stop_channels(self) -> None:
         for topic, joined in list(self.state.topics.items()):
@@ -537,7 +457,7 @@ class SocketSession:
             return
         if self.closing or self._sup is None:
             return
-        history = self.pubsub.history
+        history = self.endpoint.history
         config = history.config_for(topic) if history is not None else None
         if config is not None:
             proc.recovering = []  # live broadcasts wait behind the replay

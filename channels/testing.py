@@ -295,7 +295,7 @@ class ChannelTest:
 
         async def run_session() -> None:
             try:
-                await session.run()
+                await endpoint.run_session(session)
             finally:
                 conn.abort()
 

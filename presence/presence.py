@@ -338,6 +338,7 @@ class Presence:
         session = proc.session
         join_ref = proc.join_ref
         if (getattr(proc, "_join_buffer", None) is not None  # joining: after the reply
+                or not isinstance(session, SocketSession)
                 or type(session)._write is not SocketSession._write  # not a WebSocket frame
                 or type(join_ref) not in _SHAREABLE_REFS):
             proc.push("presence_state", state.payload)

@@ -7,16 +7,13 @@ import math
 import weakref
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import trio
 
 from channels.client.errors import ChannelClosed, PushTimeout, ReplyError, ReplyLost
 from channels.history import POSITION_KEY, RECOVERY_KEY
 from channels.serializer import Message
-
-if TYPE_CHECKING:
-    from channels.client.socket import ClientSocket
 
 __all__ = ["ClientChannel", "JoinParams", "MessageStream"]
 
@@ -41,6 +38,37 @@ def call_safely(fn: Callable[..., object], *args: Any) -> None:
         fn(*args)
     except Exception:
         log.exception("client callback %r raised", fn)
+
+
+class Timer(Protocol):
+    """A retry timer with back-off (the socket's): ``schedule`` the next try, ``reset``."""
+
+    def schedule(self) -> None: ...
+    def reset(self) -> None: ...
+
+
+class SocketLink(Protocol):
+    """What a channel uses of its :class:`~channels.client.ClientSocket`."""
+
+    timeout: float
+
+    @property
+    def rejoin_after(self) -> Callable[[int], float]: ...
+    @property
+    def is_connected(self) -> bool: ...
+
+    def _make_ref(self) -> str: ...
+    def _encode(self, join_ref: str | None, ref: str | None, topic: str, event: str,
+                payload: Any) -> str | bytes: ...
+    def _push_frame(self, frame: str | bytes, join_ref: str | None, event: str,
+                    channel: ClientChannel | None) -> None: ...
+    def _send_leave(self, channel: ClientChannel, expect_reply: bool = False
+                    ) -> _Waiter | None: ...
+    def _forget_ack(self, ack: _Waiter) -> None: ...
+    def _leave_open_topic(self, channel: ClientChannel) -> None: ...
+    def _remove(self, channel: ClientChannel) -> None: ...
+    def _backoff(self, callback: Callable[[], None], calc: Callable[[int], float]) -> Timer: ...
+    def _call_later(self, delay: float, callback: Callable[[], None]) -> trio.CancelScope: ...
 
 
 class _Waiter:
@@ -100,7 +128,7 @@ class ClientChannel:
     seen (:attr:`position`) and sends it as ``phx_pos`` in the join params of every rejoin.
     """
 
-    def __init__(self, socket: ClientSocket, topic: str, params: JoinParams | None = None, *,
+    def __init__(self, socket: SocketLink, topic: str, params: JoinParams | None = None, *,
                  position: Mapping[str, Any] | None = None, initial: int | None = None,
                  on_recovery: Callable[[dict[str, Any]], object] | None = None) -> None:
         if position is not None and not _is_position(dict(position)):
