@@ -70,6 +70,8 @@ RECOVERY_KEY = "phx_recovery"
 #: The internal topic carrying positioned broadcasts between nodes.
 HISTORY_TOPIC = "phx_history"
 MAX_EPOCH_LENGTH = 64
+#: How long a join's read of the history may take before the join is refused.
+_READ_TIMEOUT = 2.0
 _MAX_CONFIG_CACHE = 100_000
 
 #: What a store calls with ``(epoch, offset)`` once an append has its position.
@@ -495,6 +497,18 @@ class AppendOutcomeUnknown(ConnectionError):
     """The link to the store failed while an append was on its way: it may be stored."""
 
 
+class _SharedRead:
+    """One history read shared by the joins of a topic that wait at the same time."""
+
+    __slots__ = ("done", "error", "offsets", "result")
+
+    def __init__(self) -> None:
+        self.offsets: list[int] = []
+        self.done = trio.Event()
+        self.result: tuple[str, int, list[Entry]] | None = None
+        self.error: str | None = None
+
+
 class _Pending:
     __slots__ = ("error", "event", "result", "stored")
 
@@ -556,6 +570,11 @@ class HistoryService:
         self.recoveries = 0
         self.recovery_failures = 0
         self.unstored = 0  # broadcasts delivered without a position (store down, binary)
+        self.shared_reads = 0  # reads of the stream shared by the joins waiting for them
+        self.shared_read_misses = 0  # joins a shared read did not cover (read on their own)
+        self._nursery: trio.Nursery | None = None
+        self._next_reads: dict[str, _SharedRead] = {}  # per topic, the read joins wait for
+        self._reads_running: dict[str, trio.Event] = {}
 
     @classmethod
     def for_sockets(cls, sockets: Iterable[object]) -> HistoryService | None:
@@ -617,9 +636,11 @@ class HistoryService:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._store.run)
                 nursery.start_soon(self._dispatch)
+                self._nursery = nursery
                 task_status.started()
                 await trio.sleep_forever()
         finally:
+            self._nursery = None
             pubsub.unsubscribe(HISTORY_TOPIC, subscriber)
             if self._relinked in hooks:
                 hooks.remove(self._relinked)
@@ -803,11 +824,13 @@ class HistoryService:
         last_n = _last_n(wanted)
         parsed = parse_position(wanted) if wanted is not None and last_n is None else None
         try:
-            with trio.fail_after(2.0):
+            if wanted is None or parsed is not None:
                 # A first join needs only where the topic stands, not its entries.
-                epoch, top, entries = await self.store.since(
-                    topic, parsed[1] if parsed is not None else 0, config,
-                    0 if wanted is None else config.size)
+                epoch, top, entries = await self._read(
+                    topic, config, parsed[1] if parsed is not None else None)
+            else:
+                with trio.fail_after(_READ_TIMEOUT):
+                    epoch, top, entries = await self.store.since(topic, 0, config, config.size)
         except (Exception, trio.TooSlowError) as exc:
             self.recovery_failures += 1
             self._warn(("recover", topic), logging.WARNING,
@@ -838,9 +861,66 @@ class HistoryService:
             self.recovery_failures += 1
         return plan
 
+    async def _read(self, topic: str, config: History,
+                    offset: int | None) -> tuple[str, int, list[Entry]]:
+        """``store.since(topic, offset)`` for a join (``offset`` None: where the topic stands,
+        no entries). With a shared store, the joins of a topic waiting at the same time share
+        one read, which starts after each of them subscribed (so it misses nothing a join
+        needs): when a node's clients all come back at once (their node died), a topic's
+        thousands of recovering joins cost a read or two instead of one each."""
+        nursery = self._nursery
+        if not self._shared or nursery is None:
+            with trio.fail_after(_READ_TIMEOUT):
+                return await self.store.since(topic, offset or 0, config,
+                                              0 if offset is None else config.size)
+        read = self._next_reads.get(topic)
+        if read is None:
+            read = self._next_reads[topic] = _SharedRead()
+            nursery.start_soon(self._shared_read, topic, config, read)
+        if offset is not None:
+            read.offsets.append(offset)
+        with trio.fail_after(2 * _READ_TIMEOUT + 1):  # this read and the one before it
+            await read.done.wait()
+        if read.result is None:
+            raise ConnectionError(read.error or "the history read did not complete")
+        epoch, top, entries = read.result
+        if offset is None:
+            return epoch, top, []
+        if top > offset and (not entries or entries[-1].offset < top):
+            # The shared read stopped short of what this join needs (it began further back
+            # and hit its limit, or the stream holds less): a read of its own decides.
+            self.shared_read_misses += 1
+            with trio.fail_after(_READ_TIMEOUT):
+                return await self.store.since(topic, offset, config, config.size)
+        return epoch, top, [e for e in entries if e.offset > offset]
+
+    async def _shared_read(self, topic: str, config: History, read: _SharedRead) -> None:
+        try:
+            while (previous := self._reads_running.get(topic)) is not None:
+                await previous.wait()
+            # From here on, joins of this topic wait for the next read: this one may have
+            # begun before they subscribed.
+            del self._next_reads[topic]
+            self._reads_running[topic] = read.done
+            self.shared_reads += 1
+            offsets = read.offsets
+            start = min(offsets) if offsets else 0
+            limit = min(config.size + max(offsets) - start, 4 * config.size) if offsets else 0
+            with trio.fail_after(_READ_TIMEOUT):
+                read.result = await self.store.since(topic, start, config, limit)
+        except (Exception, trio.TooSlowError) as exc:
+            read.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            if self._next_reads.get(topic) is read:
+                del self._next_reads[topic]
+            if self._reads_running.get(topic) is read.done:
+                del self._reads_running[topic]
+            read.done.set()
+
     def stats(self) -> dict[str, int]:
         return {"stored": self.stored, "delivered": self.delivered,
                 "duplicates": self.duplicates, "gaps_filled": self.gaps_filled,
                 "lost": self.lost, "recoveries": self.recoveries,
-                "recovery_failures": self.recovery_failures, "unstored": self.unstored}
+                "recovery_failures": self.recovery_failures, "unstored": self.unstored,
+                "shared_reads": self.shared_reads, "shared_read_misses": self.shared_read_misses}
 
