@@ -206,7 +206,11 @@ class Channel:
 
     def on_exit(self, fn: Callable[[Channel, str], None]) -> None:
         """Run ``fn(channel, reason)`` when the channel ends for any reason (crash included)."""
-        self._process.exit_hooks.append(fn)
+        proc = self._process
+        if proc.exit_hooks is None:
+            proc.exit_hooks = [fn]
+        else:
+            proc.exit_hooks.append(fn)
 
     _process: ChannelProcess
 
@@ -319,6 +323,9 @@ def _invalid_reply(channel: Channel, callback: str, event: str, result: object) 
                type(channel).__name__, callback, event, _describe(result))
 
 
+_NO_EVENTS: frozenset[str] = frozenset()
+
+
 def _describe(value: object) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
@@ -339,6 +346,8 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
     #: has not delivered that far yet (the store can be ahead of this node's live stream):
     #: live broadcasts at or before it are dropped (the replay sent them).
     replayed_upto: tuple[str, int] | None = None
+    #: The callbacks of :meth:`Channel.on_exit` (a list once there is one).
+    exit_hooks: list[Callable[[Channel, str], None]] | None = None
 
     def __init__(
         self, session: ChannelSession, channel: Channel, topic: str, join_ref: str | None
@@ -348,11 +357,11 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
         self.channel = channel
         self.topic = topic
         self.join_ref = join_ref
-        self.intercept = frozenset(channel.intercept)
+        # Most channels intercept nothing: they share one empty set (one less per channel).
+        self.intercept = frozenset(channel.intercept) if channel.intercept else _NO_EVENTS
         self.current_ref: str | None = None
         self.stop_reason: str | None = None
         self.exit_reason = "shutdown"
-        self.exit_hooks: list[Callable[[Channel, str], None]] = []
         self.child: ChildHandle | None = None
         self._join_buffer: list[tuple[str, Any]] | None = []
         channel.topic = topic
@@ -597,7 +606,7 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
             if self.unhandled:  # the pushes still queued end with the channel
                 self.session.pushes_taken(self.unhandled)
                 self.unhandled = 0
-            for hook in self.exit_hooks:
+            for hook in self.exit_hooks or ():
                 try:
                     hook(self.channel, reason)
                 except Exception:

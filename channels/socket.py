@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -33,7 +34,7 @@ from channels.protocol import Route, SocketState
 from channels.serializer import DecodeError, EncodeError, Message, Ref, Serializer
 from channels.telemetry import CRASH, JOIN, LEAVE
 from channels.wsframe import Close, Failure, FrameParser, Ping, close_frame, pong_frame
-from supervisor import DynamicSupervisor
+from supervisor import ChildHandle, DynamicSupervisor
 
 if TYPE_CHECKING:
     from channels.interfaces import Node
@@ -104,7 +105,6 @@ class SocketSession:
         self._close_sent = False
         self._sup: DynamicSupervisor | None = None
         self._id_topic: str | None = None
-        self._id_sub = _IdSubscriber(self)
         conn.max_buffer = type(socket).max_buffer
         conn.on_overflow = self._on_overflow
         limit = type(socket).rate_limit
@@ -215,9 +215,11 @@ class SocketSession:
     async def run(self) -> None:
         """Serve the connection until it closes; then stop every channel."""
         sid = self.socket.id()
+        id_sub = None  # made only for a socket with an id (most have none)
         if sid is not None:
             self._id_topic = sid
-            self.pubsub.subscribe(sid, self._id_sub)
+            id_sub = _IdSubscriber(self)
+            self.pubsub.subscribe(sid, id_sub)
             if chlog.state.context:
                 context = chlog.connection_var.get()
                 if context is not None:
@@ -231,8 +233,8 @@ class SocketSession:
                     self._stop_channels()
                     sup.stop()
         finally:
-            if self._id_topic is not None:
-                self.pubsub.unsubscribe(self._id_topic, self._id_sub)
+            if self._id_topic is not None and id_sub is not None:
+                self.pubsub.unsubscribe(self._id_topic, id_sub)
 
     async def linger(self) -> None:
         """After :meth:`run`: let what is queued go out (at most 1 s), then close."""
@@ -486,7 +488,7 @@ class SocketSession:
                                                                               e.offset)})
                                for e in plan.replay], plan.epoch, plan.offset)
         proc.child = self._sup.start_child(
-            proc.main, name=topic, on_exit=lambda _h, exc: self._channel_exited(proc, exc)
+            proc.main, name=topic, on_exit=partial(self._channel_exited, proc)
         )
         self._joined(channel_cls, topic, "ok", start)
 
@@ -524,7 +526,9 @@ class SocketSession:
         if self.state.remove(proc.topic, proc) is not None:
             self.pubsub.unsubscribe(proc.topic, proc)
 
-    def _channel_exited(self, proc: ChannelProcess, exc: BaseException | None) -> None:
+    def _channel_exited(self, proc: ChannelProcess, _handle: ChildHandle,
+                        exc: BaseException | None) -> None:
+        # Given to start_child as a partial (a closure and its cells would cost more).
         if exc is None:
             return
         # A crash: the client errors the channel and rejoins with a new join_ref.

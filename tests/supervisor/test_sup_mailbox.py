@@ -94,3 +94,34 @@ async def test_close_wakes_parked_getters() -> None:
         box.close()
         box.close()  # idempotent
     assert outcomes == ["closed", "closed"]
+
+
+async def test_parked_getters_are_served_in_order_when_one_is_cancelled() -> None:
+    # The oldest getter waits in a slot of its own, the later ones in a list: cancelling any
+    # of them leaves the others served oldest first, and a new getter queues behind them.
+    box: Mailbox[int] = Mailbox()
+    got: list[tuple[str, int]] = []
+    scopes: dict[str, trio.CancelScope] = {}
+
+    async def getter(name: str) -> None:
+        with trio.CancelScope() as scopes[name]:
+            got.append((name, await box.get()))
+
+    async with trio.open_nursery() as nursery:
+        for name in ("a", "b", "c"):
+            nursery.start_soon(getter, name)
+            await trio.testing.wait_all_tasks_blocked()
+        scopes["a"].cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(getter, "d")
+        await trio.testing.wait_all_tasks_blocked()
+        scopes["c"].cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(2):
+            box.put_nowait(i)
+            await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(getter, "e")
+        await trio.testing.wait_all_tasks_blocked()
+        box.put_nowait(2)
+    assert got == [("b", 0), ("d", 1), ("e", 2)]
+    assert box._first is None and box._waiters is None
