@@ -49,6 +49,11 @@ class ChildHandle:
         return f"<ChildHandle {self.name!r} {'done' if self._done else 'running'}>"
 
     @property
+    def args(self) -> tuple[object, ...]:
+        """The arguments the child is started with."""
+        return self._args
+
+    @property
     def done(self) -> bool:
         """True once the child has ended for good (and ``on_exit`` has run)."""
         return self._done
