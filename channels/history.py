@@ -70,8 +70,11 @@ RECOVERY_KEY = "phx_recovery"
 #: The internal topic carrying positioned broadcasts between nodes.
 HISTORY_TOPIC = "phx_history"
 MAX_EPOCH_LENGTH = 64
-#: How long a join's read of the history may take before the join is refused.
-_READ_TIMEOUT = 2.0
+#: How long a join's read of the history may take before the join is refused. Generous: a
+#: node busy with a crowd of reconnecting clients answers late, and a refused recovery costs
+#: the app a reload, while phoenix.js waits 10 s for a join reply (a shared read may wait for
+#: the one before it, so a join waits at most about twice this).
+_READ_TIMEOUT = 4.0
 _MAX_CONFIG_CACHE = 100_000
 
 #: What a store calls with ``(epoch, offset)`` once an append has its position.
