@@ -2,7 +2,7 @@
 
 h11 parses requests; the WebSocket handshake is answered here (the accept key is one SHA-1)
 and the upgraded connection is handed to :class:`~channels.socket.SocketSession`, which
-parses frames with wsproto's frame layer.
+parses frames with :mod:`channels.wsframe`.
 """
 
 from __future__ import annotations
