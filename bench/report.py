@@ -394,7 +394,25 @@ def memory_diff(before: Path, after: Path, conns: int, top: int = 30) -> dict[st
         by_own[where] += st.size_diff
     return {"conns": conns, "python_bytes_per_conn": total / conns, "top": rows,
             "by_file": [(f, b / conns) for f, b in by_file.most_common(15)],
-            "by_own_line": [(f, b / conns) for f, b in by_own.most_common(top)]}
+            "by_own_line": [(f, b / conns) for f, b in by_own.most_common(top)],
+            "by_kind": census_diff(before, after, conns, top)}
+
+
+def census_diff(before: Path, after: Path, conns: int,
+                top: int = 30) -> list[tuple[str, float, float]]:
+    """Per connection, from the servers' gc censuses next to the snapshots: (type, objects,
+    ``sys.getsizeof`` bytes) that appeared, largest first; empty without census files."""
+    paths = [p.with_name(p.name.removesuffix(".snap") + ".census.json") for p in (before, after)]
+    if not all(p.exists() for p in paths):
+        return []
+    old, new = (json.loads(p.read_text()) for p in paths)
+    rows = []
+    for name, (count, size) in new.items():
+        count0, size0 = old.get(name, (0, 0))
+        if size - size0 > 0:
+            rows.append((name, (count - count0) / conns, (size - size0) / conns))
+    rows.sort(key=lambda r: -r[2])
+    return rows[:top]
 
 
 def _short(path: str) -> str:
@@ -415,6 +433,9 @@ def memory_text(mem: dict[str, Any] | None) -> str:
     lines += [f"  {b:8.0f}  {f}" for f, b in mem["by_file"]]
     lines += ["", "charged to the innermost line of our code (B/conn):"]
     lines += [f"  {b:8.0f}  {f}" for f, b in mem.get("by_own_line", [])]
+    if mem.get("by_kind"):
+        lines += ["", "by object kind (gc census, sys.getsizeof; objects/conn, B/conn):"]
+        lines += [f"  {b:8.0f}  {n:6.2f}  {name}" for name, n, b in mem["by_kind"]]
     lines += ["", "by allocation site (B/conn, blocks/conn):"]
     lines += [f"  {r['bytes_per_conn']:8.0f}  {r['blocks_per_conn']:6.2f}  {r['where']}"
               for r in mem["top"]]

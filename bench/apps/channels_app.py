@@ -6,14 +6,19 @@
 (every subscriber, the sender included) and sends no reply.
 
 With ``BENCH_TRACEMALLOC=PREFIX`` set, tracemalloc runs (``BENCH_TRACEMALLOC_FRAMES`` frames)
-and every SIGUSR1 dumps a snapshot to ``PREFIX.N.snap`` (``bench/run --memprofile``).
+and every SIGUSR1 dumps a snapshot to ``PREFIX.N.snap`` (``bench/run --memprofile``), and a
+census of the objects the garbage collector tracks to ``PREFIX.N.census.json``: count and
+``sys.getsizeof`` bytes per type (a coroutine's size includes its frame).
 """
 
 from __future__ import annotations
 
+import gc
 import itertools
+import json
 import os
 import signal
+import sys
 import tracemalloc
 from typing import Any
 
@@ -52,11 +57,31 @@ def _install_memory_snapshots(prefix: str) -> None:
     counter = itertools.count()
 
     def dump(signum: int, frame: object) -> None:
-        path = f"{prefix}.{next(counter)}.snap"
+        index = next(counter)
+        census = f"{prefix}.{index}.census.json"
+        with open(census + ".tmp", "w") as f:
+            json.dump(_census(), f)
+        os.replace(census + ".tmp", census)
+        path = f"{prefix}.{index}.snap"  # last: the orchestrator waits for this file
         tracemalloc.take_snapshot().dump(path + ".tmp")
         os.replace(path + ".tmp", path)
 
     signal.signal(signal.SIGUSR1, dump)
+
+
+def _census() -> dict[str, list[int]]:
+    """Objects tracked by the garbage collector: type name -> [count, bytes]."""
+    gc.collect()
+    out: dict[str, list[int]] = {}
+    for obj in gc.get_objects():
+        t = type(obj)
+        name = f"{t.__module__}.{t.__qualname__}"
+        if t.__name__ == "coroutine":  # by the function it runs: which frames stay
+            name = f"coroutine {obj.cr_code.co_qualname}"
+        entry = out.setdefault(name, [0, 0])
+        entry[0] += 1
+        entry[1] += sys.getsizeof(obj)
+    return out
 
 
 if os.environ.get("BENCH_TRACEMALLOC"):
