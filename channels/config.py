@@ -9,10 +9,10 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from channels.rooms import Rooms
+from channels.channel import Channel, Socket
+from channels.rooms import Room, Rooms, room_classes
 
 __all__ = ["BindError", "ConfigError", "check_endpoint"]
 
@@ -54,10 +54,6 @@ class Configured(Protocol):
 
 def check_endpoint(endpoint: Configured) -> tuple[list[str], list[str]]:
     """``(errors, warnings)`` for the endpoint's sockets, channels and rooms."""
-    from channels.channel import Channel
-    from channels.rooms import Room, room_classes
-    from channels.socket import Socket
-
     errors: list[str] = []
     warnings: list[str] = []
     seen_channels: set[type] = set()
