@@ -429,13 +429,14 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
             return
         self.session.send_push(self.join_ref, self.topic, event, payload)
 
-    def end_recovery(self, replay: list[tuple[str, Any]], epoch: str, upto: int) -> None:
+    def end_recovery(self, replay: list[tuple[str, Any, dict[Any, Any]]], epoch: str,
+                     upto: int) -> None:
         """Send the replayed broadcasts, then the live ones held back that came after them
         (by position); the fastlane again after the first live one past the replay."""
         held = self.recovering or []
         del self.recovering  # back to the class default (None): no instance attribute
-        for event, payload in replay:
-            self.deliver(self.topic, event, payload, {})
+        for event, payload, frames in replay:
+            self.deliver(self.topic, event, payload, frames)
         # The replay was read from the store, which can be ahead of what this node has
         # delivered: what it sent may still come live (held now, or later). Dropped by
         # position until a live broadcast is past it (then back to the fastlane).

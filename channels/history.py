@@ -75,6 +75,8 @@ MAX_EPOCH_LENGTH = 64
 #: the app a reload, while phoenix.js waits 10 s for a join reply (a shared read may wait for
 #: the one before it, so a join waits at most about twice this).
 _READ_TIMEOUT = 4.0
+#: Replayed messages kept positioned with their frames, for the clients recovering together.
+_REPLAY_CACHE = 4096
 _MAX_CONFIG_CACHE = 100_000
 
 #: What a store calls with ``(epoch, offset)`` once an append has its position.
@@ -578,6 +580,7 @@ class HistoryService:
         self._nursery: trio.Nursery | None = None
         self._next_reads: dict[str, _SharedRead] = {}  # per topic, the read joins wait for
         self._reads_running: dict[str, trio.Event] = {}
+        self._replays: dict[tuple[str, str, int], tuple[str, dict[str, Any], FrameCache]] = {}
 
     @classmethod
     def for_sockets(cls, sockets: Iterable[object]) -> HistoryService | None:
@@ -919,6 +922,24 @@ class HistoryService:
             if self._reads_running.get(topic) is read.done:
                 del self._reads_running[topic]
             read.done.set()
+
+    def replay(self, topic: str, plan: RecoveryPlan) -> list[tuple[str, Any, FrameCache]]:
+        """What a recovering join sends: ``(event, positioned payload, frame cache)`` per
+        replayed entry. The clients of a crowd recovering together share each message's
+        payload and frames, so it is encoded once per serializer, not once per client."""
+        replays = self._replays
+        epoch = plan.epoch
+        out: list[tuple[str, Any, FrameCache]] = []
+        for entry in plan.replay:
+            key = (topic, epoch, entry.offset)
+            item = replays.get(key)
+            if item is None:
+                if len(replays) >= _REPLAY_CACHE:
+                    del replays[next(iter(replays))]
+                positioned = {**entry.payload, POSITION_KEY: position(epoch, entry.offset)}
+                item = replays[key] = (entry.event, positioned, {})
+            out.append(item)
+        return out
 
     def stats(self) -> dict[str, int]:
         return {"stored": self.stored, "delivered": self.delivered,

@@ -26,7 +26,7 @@ from channels.frames import (
     CLOSE_TRY_AGAIN_LATER,
     ws_frame,
 )
-from channels.history import POSITION_KEY, RECOVERY_KEY, position
+from channels.history import POSITION_KEY, RECOVERY_KEY
 from channels.limits import InboundLimiter
 from channels.logutil import Throttled
 from channels.protocol import Route, SocketState
@@ -483,9 +483,8 @@ class SocketSession:
             self.send_close(old.join_ref, topic)
         proc.flush_join_buffer()
         if plan is not None:
-            proc.end_recovery([(e.event, {**e.payload, POSITION_KEY: position(plan.epoch,
-                                                                              e.offset)})
-                               for e in plan.replay], plan.epoch, plan.offset)
+            assert history is not None
+            proc.end_recovery(history.replay(topic, plan), plan.epoch, plan.offset)
         # The process as the argument of a plain function, the session's bound method as
         # on_exit: less per channel than a bound proc.main and a closure or partial.
         proc.child = self._sup.start_child(ChannelProcess.main, proc, name=topic,

@@ -124,7 +124,8 @@ def test_replay_then_live_is_gapless_and_without_duplicates(top: int, live: int,
     held_from = max(offset + 1, top - overlap + 1)
     proc.recovering = [("e", {"phx_pos": {"offset": o, "epoch": "E"}})
                        for o in range(held_from, top + live + 1)]
-    replay = [("e", {"phx_pos": {"offset": o, "epoch": "E"}}) for o in range(offset + 1, top + 1)]
+    replay = [("e", {"phx_pos": {"offset": o, "epoch": "E"}}, {})
+              for o in range(offset + 1, top + 1)]
     proc.end_recovery(replay, "E", top)
     assert session.sent == list(range(offset + 1, top + live + 1))
     assert proc.recovering is None
