@@ -184,9 +184,14 @@ class Actor(Generic[T]):
                 elif not self._timers:
                     self._idle_unscoped = True
                     try:
-                        item = await mailbox.get()
-                    except MailboxClosed:
-                        break  # stop() while idle
+                        # Parked here as Mailbox.get would, not in it: one coroutine frame
+                        # less per idle actor (one per joined channel adds up).
+                        while not mailbox._items and not mailbox.closed:
+                            await trio.lowlevel.wait_task_rescheduled(
+                                mailbox._enqueue(trio.lowlevel.current_task()))
+                        if not mailbox._items:
+                            break  # stop() while idle
+                        item = mailbox.get_nowait()
                     finally:
                         self._idle_unscoped = False
                 else:
