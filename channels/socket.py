@@ -103,6 +103,7 @@ class SocketSession:
         self._parser = FrameParser(self.max_frame_size, trailing)
         self._close_sent = False
         self._sup: DynamicSupervisor | None = None
+        self._scope: trio.CancelScope | None = None
         self._id_topic: str | None = None
         conn.max_buffer = type(socket).max_buffer
         conn.on_overflow = self._on_overflow
@@ -204,12 +205,15 @@ class SocketSession:
         self._close_after_grace()
 
     def _close_after_grace(self) -> None:
-        # The read loop and the channels share the supervisor's scope (one scope less per
-        # connection): when the grace ends, channels stop with the reason set here.
+        # When the grace ends the read loop and the channels are cancelled; channels stop
+        # with the reason set here.
         for joined in self.state.topics.values():
             joined.handle.exit_reason = self.end_reason
+        if self._scope is not None:
+            self._scope.relative_deadline = CLOSE_GRACE
         if self._sup is not None:
-            self._sup.cancel_scope.relative_deadline = CLOSE_GRACE
+            for handle in self._sup.children:
+                handle.cancel_after(CLOSE_GRACE)
 
     async def run(self) -> None:
         """Serve the connection until it closes; then stop every channel."""
@@ -223,14 +227,22 @@ class SocketSession:
                 context = chlog.connection_var.get()
                 if context is not None:
                     context["socket_id"] = sid
+        # Channels run in the nursery this connection's task runs in, each in its own cancel
+        # scope, and the read loop in one more: a nursery per connection would cost ~1 KiB.
+        nursery = trio.lowlevel.current_task().parent_nursery
+        assert nursery is not None
+        sup = self._sup = DynamicSupervisor.attach(nursery, name="channels")
         try:
-            async with DynamicSupervisor.open(name="channels") as sup:
-                self._sup = sup
-                try:
+            try:
+                with trio.CancelScope() as self._scope:
                     await self._read_loop()
-                finally:
-                    self._stop_channels()
-                    sup.stop()
+            finally:
+                self._stop_channels()
+                sup.stop()
+                # Their terminate callbacks run before the connection goes (they are
+                # cancelled: this is prompt).
+                with trio.CancelScope(shield=True):
+                    await sup.join()
         finally:
             if self._id_topic is not None and id_sub is not None:
                 self.pubsub.unsubscribe(self._id_topic, id_sub)

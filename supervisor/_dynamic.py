@@ -48,6 +48,10 @@ class ChildHandle:
     def __repr__(self) -> str:
         return f"<ChildHandle {self.name!r} {'done' if self._done else 'running'}>"
 
+    def cancel_after(self, seconds: float) -> None:
+        """Cancel the child (not restarted) once ``seconds`` have passed, unless it ends."""
+        self._scope.relative_deadline = seconds
+
     @property
     def args(self) -> tuple[object, ...]:
         """The arguments the child is started with."""
@@ -133,6 +137,36 @@ class DynamicSupervisor:
         self._closed = False
         self._intensity: RestartIntensity | None = None  # most supervisors never restart
         self._escalation: SupervisorEscalation | None = None
+        self._attached = False
+
+    @classmethod
+    def attach(
+        cls, nursery: trio.Nursery, max_restarts: int = 3, period: float = 5.0,
+        name: str = "dynamic"
+    ) -> DynamicSupervisor:
+        """A supervisor whose children run in ``nursery``, someone else's: no nursery (and
+        cancel scope) of its own, which is what one per connection costs most.
+
+        The owner calls :meth:`stop` and then awaits :meth:`join` when done, and must not
+        leave ``nursery`` open past that. Each child is still cancelled on its own (its
+        handle's scope). Exceeding the restart intensity cancels every child and refuses new
+        ones; no :class:`SupervisorEscalation` is raised (there is no ``async with`` to raise
+        it from): check :attr:`escalated`.
+        """
+        sup = cls(max_restarts, period, name)
+        sup._nursery = nursery
+        sup._attached = True
+        return sup
+
+    @property
+    def escalated(self) -> bool:
+        """True once the restart intensity was exceeded."""
+        return self._escalation is not None
+
+    async def join(self) -> None:
+        """Wait for every child to end for good (after :meth:`stop`, promptly)."""
+        for handle in list(self._children):
+            await handle.wait()
 
     @classmethod
     def open(
@@ -144,8 +178,8 @@ class DynamicSupervisor:
     @property
     def cancel_scope(self) -> trio.CancelScope:
         """The scope of the supervisor's nursery (the ``async with`` body and every child):
-        a deadline on it bounds both."""
-        if self._nursery is None:
+        a deadline on it bounds both. Not for an attached supervisor (not its nursery)."""
+        if self._nursery is None or self._attached:
             raise RuntimeError(f"dynamic supervisor {self.name!r} is not open")
         return self._nursery.cancel_scope
 
@@ -252,7 +286,9 @@ class DynamicSupervisor:
             escalation.__cause__ = failure
             self._escalation = escalation
         self._closed = True
-        if self._nursery is not None:
+        if self._attached:
+            self.stop()  # the nursery is not ours to cancel
+        elif self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
     def _finish(self, handle: ChildHandle, error: Exception | None) -> None:

@@ -316,3 +316,46 @@ async def test_errors_mixed_with_cancellation_are_reported_not_propagated() -> N
     for _, exc in exits.calls:
         assert isinstance(exc, ExceptionGroup)
         assert exc.subgroup(Boom) is not None
+
+
+async def test_attached_children_run_in_the_given_nursery(
+        autojump_clock: trio.testing.MockClock) -> None:
+    ended: list[tuple[str, float]] = []
+
+    async def child(name: str) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            ended.append((name, trio.current_time()))
+
+    async with trio.open_nursery() as nursery:
+        sup = DynamicSupervisor.attach(nursery, name="conn")
+        a = sup.start_child(child, "a", name="a")
+        sup.start_child(child, "b", name="b")
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(nursery.child_tasks) == 2
+        a.cancel_after(2.0)
+        await trio.sleep(3.0)
+        assert ended == [("a", 2.0)]
+        with pytest.raises(RuntimeError):
+            sup.cancel_scope  # noqa: B018 (not its nursery)
+        sup.stop()
+        await sup.join()
+        assert [name for name, _ in ended] == ["a", "b"]
+        assert sup.children == []
+        with pytest.raises(RuntimeError):
+            sup.start_child(child, "c")
+
+
+async def test_attached_escalation_stops_the_children_not_the_nursery(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async def crash() -> None:
+        raise ValueError("boom")
+
+    async with trio.open_nursery() as nursery:
+        sup = DynamicSupervisor.attach(nursery, max_restarts=1, period=5.0, name="conn")
+        other = sup.start_child(trio.sleep_forever, name="other")
+        sup.start_child(crash, name="crash", restart=Restart.PERMANENT)
+        await sup.join()
+        assert sup.escalated and other.done
+        assert not nursery.cancel_scope.cancel_called
