@@ -302,6 +302,9 @@ def summarize(spec: RunSpec, snaps: dict[str, dict[str, float]],
     cpu = m1["cpu"] - m0["cpu"]
     wall = m1["t"] - m0["t"]
     out["server_cpu_seconds"] = cpu
+    # The kernel's share (system time: sends, receives, epoll): what no server in Python
+    # can take away, and what the ceiling is mostly made of.
+    out["server_sys_share"] = (m1["sys"] - m0["sys"]) / cpu if cpu else None
     out["server_cpu_util"] = cpu / wall if wall else None
     out["loadgen_cpu_util"] = (m1["gen_cpu"] - m0["gen_cpu"]) / wall if wall else None
     out["rss_peak_kib"] = m1["hwm_kib"]

@@ -66,11 +66,17 @@ def stop_all() -> None:
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of the whole process (all threads), from /proc/<pid>/stat."""
+    user, system = cpu_split(pid)
+    return user + system
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of the whole process (all threads) in seconds: user space and kernel."""
     with open(f"/proc/{pid}/stat") as f:
         stat = f.read()
     fields = stat[stat.rindex(")") + 2:].split()
     # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def memory_kib(pid: int) -> dict[str, int]:
@@ -86,5 +92,6 @@ def memory_kib(pid: int) -> dict[str, int]:
 
 def snapshot(pid: int) -> dict[str, float]:
     mem = memory_kib(pid)
-    return {"t": time.monotonic(), "cpu": cpu_seconds(pid), "rss_kib": mem.get("VmRSS", 0),
-            "hwm_kib": mem.get("VmHWM", 0)}
+    user, system = cpu_split(pid)
+    return {"t": time.monotonic(), "cpu": user + system, "sys": system,
+            "rss_kib": mem.get("VmRSS", 0), "hwm_kib": mem.get("VmHWM", 0)}

@@ -95,13 +95,15 @@ def one_line(r: dict[str, Any]) -> str:
             f"({_f(r['connects_per_sec'])}/s), RSS {_f(r['rss_per_conn_kib'], 1)} KiB/conn")
     if r["scenario"] == "fanout":
         base += (f"; {_f(r['deliveries_per_sec'])} deliveries/s, server CPU "
-                 f"{_f(100 * (r['server_cpu_util'] or 0))}%, "
+                 f"{_f(100 * (r['server_cpu_util'] or 0))}% "
+                 f"({_f(100 * (r.get('server_sys_share') or 0))}% of it kernel), "
                  f"{_f(r['cpu_ms_per_1k'], 2)} ms CPU/1k, lost {r['lost']}, "
                  f"generator CPU {_f(100 * (r['loadgen_cpu_util'] or 0))}%")
     elif r["scenario"] == "echo":
         base += (f"; {_f(r['round_trips_per_sec'])} rt/s, p50 {_f(r['p50_ms'], 2)} ms, "
                  f"p99 {_f(r['p99_ms'], 2)} ms, server CPU "
-                 f"{_f(100 * (r['server_cpu_util'] or 0))}%, "
+                 f"{_f(100 * (r['server_cpu_util'] or 0))}% "
+                 f"({_f(100 * (r.get('server_sys_share') or 0))}% of it kernel), "
                  f"{_f(r['cpu_ms_per_1k'], 2)} ms CPU/1k, "
                  f"generator CPU {_f(100 * (r['loadgen_cpu_util'] or 0))}%")
     flags = flags_of(r)
