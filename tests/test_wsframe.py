@@ -297,6 +297,20 @@ def test_invalid_text_fails_1007_as_its_fragment_arrives() -> None:
     assert isinstance(fail, Failure) and fail.code == 1007
 
 
+@pytest.mark.parametrize("data, max_size, expected", [
+    (frame(0x1, b"short"), BIG, [("text", "short")]),
+    (frame(0x1, b"bad \xff"), BIG, None),   # not UTF-8: the full path says why
+    (frame(0x1, b"x" * 125), 124, None),   # past the limit
+    (frame(0x1, b"x" * 125), 125, [("text", "x" * 125)]),
+])
+def test_one_short_text_frame_the_fast_way(data: bytes, max_size: int,
+                                           expected: list[tuple[Any, ...]] | None) -> None:
+    got = parse([data], max_size)
+    assert got == reference([data], max_size)
+    if expected is not None:
+        assert got == expected
+
+
 def test_pings_between_fragments_and_pongs_ignored() -> None:
     data = (frame(0x2, b"ab", fin=False) + frame(0x9, b"hi") + frame(0xA, b"x")
             + frame(0x0, b"cd", fin=False) + frame(0x0, b"", fin=True))
