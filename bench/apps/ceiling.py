@@ -58,6 +58,17 @@ ECHO_FRAME = frame(ECHO_REPLY)
 JOIN_FRAME = frame(JOIN_REPLY)
 
 
+_from_bytes = int.from_bytes
+
+
+def answer(conn: Conn, message: bytes, nursery: trio.Nursery) -> bool:
+    """Answer a whole message as bare does; True for a broadcast (the caller fans it out)."""
+    if b'"bcast"' in message:
+        return True
+    conn.write(JOIN_FRAME if b"phx_join" in message else ECHO_FRAME, nursery)
+    return False
+
+
 class Conn:
     """One socket: its ``send``, and the bytes the kernel did not take (None when none)."""
 
@@ -199,8 +210,18 @@ class Ceiling:
         sock, nursery = conn.sock, self._nursery()
         parts: list[bytes] = []
         while True:
+            n = len(buf)
+            if n > 1 and buf[0] == 0x81 and n == buf[1] - 122:
+                # The most common read: one whole, final, masked text frame under 126 bytes.
+                size = n - 6
+                key = _from_bytes(buf[2:6] * ((size >> 2) + 1), "little")
+                key &= (1 << (size << 3)) - 1
+                message = (_from_bytes(buf[6:], "little") ^ key).to_bytes(size, "little")
+                if answer(conn, message, nursery):
+                    await self.fanout()
+                buf, n = b"", 0
             # Parse every whole frame in buf; an incomplete one waits for more bytes.
-            i, n = 0, len(buf)
+            i = 0
             while n - i >= 6:
                 b0, b1 = buf[i], buf[i + 1]
                 if not b1 & 0x80:
@@ -234,12 +255,8 @@ class Ceiling:
                         parts.append(payload)
                         payload = b"".join(parts)
                         parts.clear()
-                    if b'"bcast"' in payload:
+                    if answer(conn, payload, nursery):
                         await self.fanout()
-                    elif b"phx_join" in payload:
-                        conn.write(JOIN_FRAME, nursery)
-                    else:
-                        conn.write(ECHO_FRAME, nursery)
                 elif op == 9:
                     conn.write(bytes((0x8A, size)) + payload, nursery)
                 elif op == 8:
