@@ -318,7 +318,12 @@ class LongPollSession(SocketSession):
 
     async def run(self) -> None:
         try:
-            await super().run()
+            id_sub = self._begin()
+            try:
+                with trio.CancelScope() as self._scope:
+                    await self._wait_end()
+            finally:
+                await self._end(id_sub)
         finally:
             self.closing = True
             self._ended.set()
@@ -330,7 +335,7 @@ class LongPollSession(SocketSession):
                 waiter.wake(_GONE)
             self.conn.abort()
 
-    async def _read_loop(self) -> None:
+    async def _wait_end(self) -> None:
         # No reading: POSTs call the frame handler. Wait for the end, then for the answer of
         # a poll it woke (a drain stops the connections right after the last session ends).
         if self.started is not None:

@@ -217,6 +217,71 @@ class SocketSession:
 
     async def run(self) -> None:
         """Serve the connection until it closes; then stop every channel."""
+        id_sub = self._begin()
+        # The read loop runs here, not in a coroutine of its own: one frame less per idle
+        # connection (LongPoll, which does not read, has its own run).
+        try:
+            with trio.CancelScope() as self._scope:
+                parser = self._parser
+                conn = self.conn
+                sock = conn.sock
+                data = b""  # the parser already holds what came with the upgrade request
+                event: Event | None = None
+                while True:
+                    # Every message a read completed is handled before the next read.
+                    for event in parser.feed(data):
+                        if type(event) is str:
+                            await self._on_frame(event, False)
+                        elif type(event) is bytes:
+                            await self._on_frame(event, True)
+                        elif type(event) is Ping:
+                            if not self._close_sent:
+                                conn.write_nowait(pong_frame(event.payload))
+                        elif type(event) is Close:
+                            if not self._close_sent:  # the client closes: answer with its code
+                                self._close_sent = True
+                                self.closing = True
+                                conn.write_nowait(close_frame(event.code))
+                            return
+                        else:
+                            assert isinstance(event, Failure)
+                            # A message too big is closed at its header, not after its bytes.
+                            if event.code == CLOSE_TOO_BIG:
+                                self._too_big(event.size)
+                            else:
+                                log.info("WebSocket protocol error from %s: %s", conn.peer,
+                                         event.reason)
+                                self.close(event.code, event.reason[:100])
+                            return
+                    # Connection.receive_some inlined: one coroutine frame less per idle connection,
+                    # and the last chunk and message are not kept while it waits.
+                    data = b""
+                    event = None
+                    while True:
+                        if conn.closed:
+                            return
+                        try:
+                            await trio.lowlevel.wait_readable(sock)
+                            data = sock.recv(RECV_SIZE)
+                            break
+                        except BlockingIOError:  # woken with nothing to read after all
+                            continue
+                        except (trio.ClosedResourceError, OSError):
+                            return
+                    conn.active = True
+                    if not data:
+                        return
+                    if self._marks is not None:  # reading paused lately: how old is this chunk?
+                        self._received += len(data)
+                        self._backlog_since = self._chunk_arrived_by()
+                    elif self._backlog_since is not None:
+                        self._backlog_since = None
+                    self.counters.bytes_in += len(data)
+        finally:
+            await self._end(id_sub)
+
+    def _begin(self) -> _IdSubscriber | None:
+        """Subscribe the socket's id topic (if any); attach the channels' supervisor."""
         sid = self.socket.id()
         id_sub = None  # made only for a socket with an id (most have none)
         if sid is not None:
@@ -231,18 +296,20 @@ class SocketSession:
         # scope, and the read loop in one more: a nursery per connection would cost ~1 KiB.
         nursery = trio.lowlevel.current_task().parent_nursery
         assert nursery is not None
-        sup = self._sup = DynamicSupervisor.attach(nursery, name="channels")
+        self._sup = DynamicSupervisor.attach(nursery, name="channels")
+        return id_sub
+
+    async def _end(self, id_sub: _IdSubscriber | None) -> None:
+        """Stop every channel and wait for them; unsubscribe the id topic."""
+        sup = self._sup
+        assert sup is not None
         try:
-            try:
-                with trio.CancelScope() as self._scope:
-                    await self._read_loop()
-            finally:
-                self._stop_channels()
-                sup.stop()
-                # Their terminate callbacks run before the connection goes (they are
-                # cancelled: this is prompt).
-                with trio.CancelScope(shield=True):
-                    await sup.join()
+            self._stop_channels()
+            sup.stop()
+            # Their terminate callbacks run before the connection goes (they are
+            # cancelled: this is prompt).
+            with trio.CancelScope(shield=True):
+                await sup.join()
         finally:
             if self._id_topic is not None and id_sub is not None:
                 self.pubsub.unsubscribe(self._id_topic, id_sub)
@@ -258,61 +325,6 @@ class SocketSession:
             self.pubsub.unsubscribe(topic, joined.handle)
             joined.handle.exit_reason = self.end_reason
         self.state.topics.clear()
-
-    async def _read_loop(self) -> None:
-        parser = self._parser
-        conn = self.conn
-        sock = conn.sock
-        data = b""  # the parser already holds what came with the upgrade request
-        event: Event | None = None
-        while True:
-            # Every message a read completed is handled before the next read.
-            for event in parser.feed(data):
-                if type(event) is str:
-                    await self._on_frame(event, False)
-                elif type(event) is bytes:
-                    await self._on_frame(event, True)
-                elif type(event) is Ping:
-                    if not self._close_sent:
-                        conn.write_nowait(pong_frame(event.payload))
-                elif type(event) is Close:
-                    if not self._close_sent:  # the client closes: answer with its code
-                        self._close_sent = True
-                        self.closing = True
-                        conn.write_nowait(close_frame(event.code))
-                    return
-                else:
-                    assert isinstance(event, Failure)
-                    if event.code == CLOSE_TOO_BIG:  # closed at the header, not after the bytes
-                        self._too_big(event.size)
-                    else:
-                        log.info("WebSocket protocol error from %s: %s", conn.peer, event.reason)
-                        self.close(event.code, event.reason[:100])
-                    return
-            # Connection.receive_some inlined: one coroutine frame less per idle connection,
-            # and the last chunk and message are not kept while it waits.
-            data = b""
-            event = None
-            while True:
-                if conn.closed:
-                    return
-                try:
-                    await trio.lowlevel.wait_readable(sock)
-                    data = sock.recv(RECV_SIZE)
-                    break
-                except BlockingIOError:  # woken with nothing to read after all
-                    continue
-                except (trio.ClosedResourceError, OSError):
-                    return
-            conn.active = True
-            if not data:
-                return
-            if self._marks is not None:  # reading paused lately: how old is this chunk?
-                self._received += len(data)
-                self._backlog_since = self._chunk_arrived_by()
-            elif self._backlog_since is not None:
-                self._backlog_since = None
-            self.counters.bytes_in += len(data)
 
     def _too_big(self, size: int) -> None:
         log.warning("message from %s over max_frame_size (%d > %d bytes): closing 1009",
