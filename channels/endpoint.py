@@ -170,8 +170,11 @@ class Endpoint:
         try:
             await session.run()
         finally:
-            self.session_ended(session)
-            await session.linger()
+            await self._session_over(session)
+
+    async def _session_over(self, session: SocketSession) -> None:
+        self.session_ended(session)
+        await session.linger()
 
     def start_session(self, session: SocketSession, name: str) -> bool:
         """Run ``session`` (:meth:`run_session`) in the background; False when the node does
@@ -454,7 +457,12 @@ class Endpoint:
         try:
             session = await http.serve_http(self.handle_http, conn, host_port)
             if session is not None:
-                await self.run_session(session)
+                # run_session, inlined: one coroutine frame less per idle connection
+                self.sessions.add(session)
+                try:
+                    await session.run()
+                finally:
+                    await self._session_over(session)
         except Exception as exc:
             _throttled(("handler", type(exc), str(exc)[:100]), logging.ERROR,
                        "connection handler for %s failed", peer, exc_info=exc)
