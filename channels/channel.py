@@ -590,26 +590,24 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
             log.warning("terminate() of %s on %s timed out", type(self.channel).__name__,
                         self.topic)
 
-    async def main(self) -> None:
-        """The child task: run the mailbox loop; on cancellation, call terminate."""
+    # The child task is Actor.run itself (no coroutine wrapping it: a frame less per idle
+    # channel); these hooks call terminate on cancellation and the exit hooks at the end.
+    def _run_started(self) -> None:
         if chlog.state.context:  # this task's log lines name its topic
             chlog.topic_var.set(self.topic)
-        reason = "crash"
-        try:
-            await self.run()
-            reason = self.exit_reason
-        except trio.Cancelled:
-            reason = self.exit_reason
-            await self._terminate(reason)
-            raise
-        finally:
-            self._ended = True
-            if self.unhandled:  # the pushes still queued end with the channel
-                self.session.pushes_taken(self.unhandled)
-                self.unhandled = 0
-            for hook in self.exit_hooks or ():
-                try:
-                    hook(self.channel, reason)
-                except Exception:
-                    log.exception("exit hook of %s on %s raised", type(self.channel).__name__,
-                                  self.topic)
+
+    async def _run_cancelled(self) -> None:
+        await self._terminate(self.exit_reason)
+
+    def _run_ended(self, crashed: bool) -> None:
+        reason = "crash" if crashed else self.exit_reason
+        self._ended = True
+        if self.unhandled:  # the pushes still queued end with the channel
+            self.session.pushes_taken(self.unhandled)
+            self.unhandled = 0
+        for hook in self.exit_hooks or ():
+            try:
+                hook(self.channel, reason)
+            except Exception:
+                log.exception("exit hook of %s on %s raised", type(self.channel).__name__,
+                              self.topic)

@@ -527,8 +527,8 @@ class SocketSession:
             assert history is not None
             proc.end_recovery(history.replay(topic, plan), plan.epoch, plan.offset)
         # The process as the argument of a plain function, the session's bound method as
-        # on_exit: less per channel than a bound proc.main and a closure or partial.
-        proc.child = self._sup.start_child(ChannelProcess.main, proc, name=topic,
+        # on_exit: less per channel than a bound proc.run and a closure or partial.
+        proc.child = self._sup.start_child(ChannelProcess.run, proc, name=topic,
                                            on_exit=self._channel_exited)
         self._joined(channel_cls, topic, "ok", start)
 

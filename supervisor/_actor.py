@@ -174,48 +174,69 @@ class Actor(Generic[T]):
         if self._running:
             raise RuntimeError(f"{type(self).__name__} is already running")
         self._running = True
-        mailbox = self._mailbox
+        self._run_started()
+        crashed = True  # (for _run_ended: a bool, not the exception, so no cycle is kept)
         try:
-            while not self._stopping:
-                if self._timers:
-                    self._fire_due_timers(trio.current_time())
-                if mailbox._items:  # peeked directly: the per-message path stays call-free
-                    item = await mailbox.get()  # doesn't block
-                elif not self._timers:
-                    self._idle_unscoped = True
-                    try:
-                        # Parked here as Mailbox.get would, not in it: one coroutine frame
-                        # less per idle actor (one per joined channel adds up).
-                        while not mailbox._items and not mailbox.closed:
-                            await trio.lowlevel.wait_task_rescheduled(
-                                mailbox._enqueue(trio.lowlevel.current_task()))
-                        if not mailbox._items:
-                            break  # stop() while idle
-                        item = mailbox.get_nowait()
-                    finally:
-                        self._idle_unscoped = False
-                else:
-                    deadline = self._timers[0][0] if self._timers else math.inf
-                    with trio.CancelScope(deadline=deadline) as scope:
-                        self._wait_scope = scope
+            mailbox = self._mailbox
+            try:
+                while not self._stopping:
+                    if self._timers:
+                        self._fire_due_timers(trio.current_time())
+                    if mailbox._items:  # peeked directly: the per-message path stays call-free
+                        item = await mailbox.get()  # doesn't block
+                    elif not self._timers:
+                        self._idle_unscoped = True
                         try:
-                            item = await mailbox.get()
-                        except MailboxClosed:
-                            break  # stop() while idle
+                            # Parked here as Mailbox.get would, not in it: one coroutine frame
+                            # less per idle actor (one per joined channel adds up).
+                            while not mailbox._items and not mailbox.closed:
+                                await trio.lowlevel.wait_task_rescheduled(
+                                    mailbox._enqueue(trio.lowlevel.current_task()))
+                            if not mailbox._items:
+                                break  # stop() while idle
+                            item = mailbox.get_nowait()
                         finally:
-                            self._wait_scope = None
-                    if scope.cancelled_caught:
-                        continue  # a timer is due
-                if item is _WAKE:
-                    continue
-                if type(item) is _Call:
-                    await self._handle_call(item)
-                else:
-                    await self.handle_message(item)
+                            self._idle_unscoped = False
+                    else:
+                        deadline = self._timers[0][0] if self._timers else math.inf
+                        with trio.CancelScope(deadline=deadline) as scope:
+                            self._wait_scope = scope
+                            try:
+                                item = await mailbox.get()
+                            except MailboxClosed:
+                                break  # stop() while idle
+                            finally:
+                                self._wait_scope = None
+                        if scope.cancelled_caught:
+                            continue  # a timer is due
+                    if item is _WAKE:
+                        continue
+                    if type(item) is _Call:
+                        await self._handle_call(item)
+                    else:
+                        await self.handle_message(item)
+            finally:
+                self._running = False
+                if self._stopping:
+                    self._discard_pending()
+            crashed = False
+        except trio.Cancelled:
+            crashed = False
+            await self._run_cancelled()
+            raise
         finally:
-            self._running = False
-            if self._stopping:
-                self._discard_pending()
+            self._run_ended(crashed)
+
+    # Hooks for a subclass's start and end in the actor's own task, so that it needs no
+    # coroutine wrapping run (a frame per idle actor).
+    def _run_started(self) -> None:
+        """Called as :meth:`run` starts."""
+
+    async def _run_cancelled(self) -> None:
+        """Called when :meth:`run` is cancelled, before the cancellation goes on."""
+
+    def _run_ended(self, crashed: bool) -> None:
+        """Called as :meth:`run` ends; ``crashed`` when a handler raised (not cancelled)."""
 
     async def _handle_call(self, call: _Call) -> None:
         if call.abandoned:

@@ -383,7 +383,7 @@ async def test_pushes_older_than_max_push_age_are_answered_overloaded(
         proc.forward(_push(i))
     assert session.unhandled == proc.unhandled == 10
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(proc.main)
+        nursery.start_soon(proc.run)
         await session.done.wait()
         # Pushes 0-4 started within 4.5 s of arriving; 5-9 had waited 5 s or more.
         assert session.replies == [(str(i), "ok") for i in range(5)] + \
