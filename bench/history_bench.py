@@ -111,10 +111,31 @@ class HistSocket(Socket):
 
 endpoint = Endpoint({"/socket": HistSocket})
 
+# Time spent in the cyclic garbage collector, per generation (reported with the counters).
+_gc_time = [0.0, 0.0, 0.0]
+_gc_count = [0, 0, 0]
+_gc_start = [0.0]
+
+
+def _gc_callback(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_start[0] = time.perf_counter()
+    else:
+        generation = info["generation"]
+        _gc_time[generation] += time.perf_counter() - _gc_start[0]
+        _gc_count[generation] += 1
+
+
+gc.callbacks.append(_gc_callback)
+if os.environ.get("BENCH_GC_THRESHOLD"):  # e.g. "50000,20,10": experiments only
+    gc.set_threshold(*(int(x) for x in os.environ["BENCH_GC_THRESHOLD"].split(",")))
+
 
 def _dump_stats(signum: int, frame: object) -> None:
     """SIGUSR2: write the node's counters to $BENCH_HISTORY_STATS (plain int reads)."""
-    out: dict[str, Any] = {"t": time.monotonic(), "pubsub_broadcasts": endpoint.pubsub.broadcasts}
+    out: dict[str, Any] = {"t": time.monotonic(), "pubsub_broadcasts": endpoint.pubsub.broadcasts,
+                           "gc_seconds": [round(t, 3) for t in _gc_time],
+                           "gc_collections": list(_gc_count)}
     history = endpoint.history
     if history is not None:
         out["history"] = history.stats()
