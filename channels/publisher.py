@@ -206,6 +206,20 @@ class _Base:
     def _node_channel(self, node: str) -> str:
         return f"{self.namespace}:node:{node}"
 
+    def _node_names(self, keys: list[bytes]) -> list[str]:
+        """Node names from a page of ``SCAN`` over the liveness keys."""
+        prefix = len(self._alive_prefix)
+        return [key.decode("utf-8", "replace")[prefix:] for key in keys]
+
+    def _choose_node(self, nodes: list[str], tried: set[str]) -> str:
+        """A random live node not tried yet for this message."""
+        candidates = [n for n in nodes if n and n not in tried]
+        if not candidates:
+            raise NoNodeAvailable(
+                f"no live trio-channels node in namespace {self.namespace!r} answered "
+                f"({len(tried)} tried): nothing was published")
+        return secrets.choice(candidates)
+
     def _scan_pattern(self) -> bytes:
         escaped = "".join("\\" + c if c in "*?[]\\" else c for c in self._alive_prefix)
         return (escaped + "*").encode()
@@ -383,16 +397,10 @@ class Publisher(_Base):
             reply = self._call_checked("SCAN", cursor, "MATCH", self._scan_pattern(),
                                        "COUNT", 1000)
             cursor, keys = reply[0], reply[1]
-            prefix = len(self._alive_prefix)
-            nodes.extend(key.decode("utf-8", "replace")[prefix:] for key in keys)
+            nodes.extend(self._node_names(keys))
             if cursor == b"0":
                 break
-        candidates = [n for n in nodes if n and n not in tried]
-        if not candidates:
-            raise NoNodeAvailable(
-                f"no live trio-channels node in namespace {self.namespace!r} answered "
-                f"({len(tried)} tried): nothing was published")
-        return secrets.choice(candidates)
+        return self._choose_node(nodes, tried)
 
     def _call_checked(self, *args: bytes | str | int) -> Any:
         return _check(self._call(*args), str(args[0]))
@@ -563,16 +571,10 @@ class AsyncPublisher(_Base):
             reply = await self._call_checked("SCAN", cursor, "MATCH", self._scan_pattern(),
                                              "COUNT", 1000)
             cursor, keys = reply[0], reply[1]
-            prefix = len(self._alive_prefix)
-            nodes.extend(key.decode("utf-8", "replace")[prefix:] for key in keys)
+            nodes.extend(self._node_names(keys))
             if cursor == b"0":
                 break
-        candidates = [n for n in nodes if n and n not in tried]
-        if not candidates:
-            raise NoNodeAvailable(
-                f"no live trio-channels node in namespace {self.namespace!r} answered "
-                f"({len(tried)} tried): nothing was published")
-        return secrets.choice(candidates)
+        return self._choose_node(nodes, tried)
 
     async def _call_checked(self, *args: bytes | str | int) -> Any:
         return _check(await self._call(*args), str(args[0]))

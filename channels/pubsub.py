@@ -224,19 +224,25 @@ class PubSub:
         """Rebuild ``topic``'s delivery plan (a subscriber's ``fastlane`` changed)."""
         self._plans.pop(topic, None)
 
+    def _new_plan(self, topic: str, event: str) -> _Plan | None:
+        """The delivery plan of ``topic`` (made and kept), or None when it has no
+        subscribers here: that broadcast is counted as delivered to nobody."""
+        subs = self._topics.get(topic)
+        if not subs:
+            self.broadcasts += 1
+            if self.fanout is not None or self.on_broadcast is not None:
+                self._observe(topic, event, 0)
+            return None
+        plan = self._plans[topic] = _make_plan(subs)
+        return plan
+
     async def local_broadcast(
         self, topic: str, event: str, payload: Any, *, exclude: Subscriber | None = None
     ) -> None:
         """Deliver to the subscribers of ``topic`` on this node only."""
-        plan = self._plans.get(topic)
+        plan = self._plans.get(topic) or self._new_plan(topic, event)
         if plan is None:
-            subs = self._topics.get(topic)
-            if not subs:
-                self.broadcasts += 1
-                if self.fanout is not None or self.on_broadcast is not None:
-                    self._observe(topic, event, 0)
-                return
-            plan = self._plans[topic] = _make_plan(subs)
+            return
         groups, slow = plan
         cache: FrameCache = {}
         # The excluded subscriber (broadcast_from) is in the group of its fastlane key, or
@@ -290,15 +296,9 @@ class PubSub:
         if not excluded:
             await self.local_broadcast(topic, event, payload)
             return
-        plan = self._plans.get(topic)
+        plan = self._plans.get(topic) or self._new_plan(topic, event)
         if plan is None:
-            subs = self._topics.get(topic)
-            if not subs:
-                self.broadcasts += 1
-                if self.fanout is not None or self.on_broadcast is not None:
-                    self._observe(topic, event, 0)
-                return
-            plan = self._plans[topic] = _make_plan(subs)
+            return
         groups, slow = plan
         cache: FrameCache = {}
         frames = 0

@@ -77,9 +77,10 @@ async def test_node_killed_client_moves_to_the_other_node_and_recovers(
             assert recoveries[1]["recovered"] is True and recoveries[1]["replayed"] == 3
             await out.push("post", {"n": 7})
             await wait_for(lambda: len(got) >= 7)
-            await trio.sleep(0.3)
-            assert got == [1, 2, 3, 4, 5, 6, 7]
+            # A fence instead of a wait: a duplicate of 1..7 would arrive before 8.
             assert await feed.push("post", {"n": 8}) == {}
+            await wait_for(lambda: len(got) >= 8)
+            assert got == [1, 2, 3, 4, 5, 6, 7, 8]
 
         # a new client whose first URL is the dead node gets to node B at once
         async with connect([url(a), url(b)], connect_timeout=5) as late:
