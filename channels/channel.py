@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import types
 from bisect import bisect_left
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
@@ -133,6 +134,10 @@ class Channel:
     #: Keep this channel's topics' recent broadcasts, so clients that come back get what they
     #: missed: e.g. ``History(size=500, ttl=600)`` (see docs/history.md).
     history: ClassVar[History | None] = None
+    #: Let the connection run :meth:`handle_in` itself, without a task switch, for events
+    #: whose handle_in has returned without waiting (see docs/guide.md#inline-handle_in).
+    #: Set False when handle_in depends on running in the channel's own task.
+    inline_handle_in: ClassVar[bool] = True
 
     topic: str
     join_ref: str | None
@@ -308,7 +313,53 @@ class Socket:
         return None
 
 
-_IN, _INFO, _OUT, _LEAVE = range(4)
+_IN, _INFO, _OUT, _LEAVE, _RAISE, _STOP = range(6)
+
+#: An event's handle_in runs inline once it has returned this many times in a row without
+#: waiting (in the channel's task); once it waits, never again (per channel class and event).
+INLINE_AFTER = 4
+#: Events remembered per channel class (a client chooses event names: the table is bounded).
+INLINE_EVENTS = 256
+_SUSPENDS = -1
+# channel class -> event -> times handle_in returned without waiting (or _SUSPENDS).
+_inline_stats: dict[type[Channel], dict[str, int]] = {}
+
+
+def _returned(cls: type[Channel], event: str) -> None:
+    """handle_in of ``event`` returned without waiting: count it towards running inline."""
+    stats = _inline_stats.get(cls)
+    if stats is None:
+        if not cls.inline_handle_in:
+            return
+        stats = _inline_stats[cls] = {}
+    n = stats.get(event, 0)
+    if 0 <= n < INLINE_AFTER and (n or len(stats) < INLINE_EVENTS):
+        stats[event] = n + 1
+
+
+def _waited(cls: type[Channel], event: str) -> None:
+    """handle_in of ``event`` waited: it runs in the channel's task from now on."""
+    stats = _inline_stats.get(cls)
+    if stats is not None and (event in stats or len(stats) < INLINE_EVENTS):
+        stats[event] = _SUSPENDS
+
+
+@types.coroutine
+def _resume(coro: Any, trap: Any) -> Any:
+    """Drive ``coro`` to its end from its first suspension (``trap``, already yielded)."""
+    while True:
+        try:
+            sent = yield trap
+        except BaseException as exc:  # cancellation (or close) goes on into the callback
+            try:
+                trap = coro.throw(exc)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                trap = coro.send(sent)
+            except StopIteration as done:
+                return done.value
 
 # Refusals of late pushes: one line per channel class every 5 s, with the count held back.
 _late_log = Throttled(log, 5.0)
@@ -348,6 +399,8 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
     replayed_upto: tuple[str, int] | None = None
     #: The callbacks of :meth:`Channel.on_exit` (a list once there is one).
     exit_hooks: list[Callable[[Channel, str], None]] | None = None
+    #: Set while an inline handle_in waits (see :meth:`handle_in_inline`).
+    _busy: trio.Event | None = None
 
     def __init__(
         self, session: ChannelSession, channel: Channel, topic: str, join_ref: str | None
@@ -490,7 +543,63 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
     def leave(self, msg: Message) -> None:
         self.send((_LEAVE, msg))
 
+    def _send_result(self, m: Message, result: Any) -> None:
+        channel = self.channel
+        if not isinstance(result, Reply):
+            # The channel lives on: the bug is in one reply, not in its state.
+            _invalid_reply(channel, "handle_in", m.event, result)
+            result = _INVALID_REPLY
+        replies = self.session.counters.replies
+        replies[result.status] = replies.get(result.status, 0) + 1
+        self.session.send_reply(self.join_ref, m.ref, self.topic, result)
+
+    def runs_inline(self, event: str) -> bool:
+        """Whether the connection may run handle_in of ``event`` itself now: the channel is
+        idle (parked on an empty mailbox, nothing of it running) and that event's handle_in
+        has returned without waiting every time so far."""
+        if (self._mailbox._items is not None or self._busy is not None or self._stopping
+                or not (self._idle_unscoped or self._wait_scope is not None)):
+            return False
+        stats = _inline_stats.get(type(self.channel))
+        return stats is not None and stats.get(event, 0) >= INLINE_AFTER
+
+    async def handle_in_inline(self, m: Message) -> None:
+        """Run handle_in in the caller's task (the connection's), when :meth:`runs_inline`.
+
+        Callbacks stay one at a time and in order (the channel is idle; while this runs its
+        task waits for it) and crash-isolated (an exception crashes the channel in its own
+        task). Should handle_in wait after all, it finishes here, the caller waiting with it,
+        and that event goes through the mailbox from then on.
+        """
+        channel = self.channel
+        self.current_ref = m.ref
+        coro = channel.handle_in(m.event, m.payload)
+        try:
+            trap = coro.send(None)
+        except StopIteration as done:
+            result = done.value
+        except Exception as exc:
+            self.send((_RAISE, exc))
+            return
+        else:
+            _waited(type(channel), m.event)
+            busy = self._busy = trio.Event()
+            try:
+                result = await _resume(coro, trap)
+            except Exception as exc:
+                self.send((_RAISE, exc))
+                return
+            finally:
+                del self._busy
+                busy.set()
+        if result is not None:
+            self._send_result(m, result)
+        if self.stop_reason is not None:
+            self.send((_STOP,))  # terminate runs in the channel's task
+
     async def handle_message(self, msg: tuple[Any, ...]) -> None:
+        if self._busy is not None:  # an inline handle_in waits: it goes first
+            await self._busy.wait()
         kind = msg[0]
         channel = self.channel
         if kind == _IN:
@@ -500,27 +609,34 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
             if msg[2] is not None and self._too_late(m, msg[2]):
                 return
             self.current_ref = m.ref
-            replies = self.session.counters.replies
             if self.session.counters.timed or chlog.state.context:
                 result = await self._handle_in_observed(m)
             else:
-                result = await channel.handle_in(m.event, m.payload)
+                # Stepped by hand (as await would) to learn whether it waits: events whose
+                # handle_in never does may run inline (see handle_in_inline).
+                coro = channel.handle_in(m.event, m.payload)
+                try:
+                    trap = coro.send(None)
+                except StopIteration as done:
+                    result = done.value
+                    _returned(type(channel), m.event)
+                else:
+                    _waited(type(channel), m.event)
+                    result = await _resume(coro, trap)
             if result is not None:
-                if not isinstance(result, Reply):
-                    # The channel lives on: the bug is in one reply, not in its state.
-                    _invalid_reply(channel, "handle_in", m.event, result)
-                    result = _INVALID_REPLY
-                replies[result.status] = replies.get(result.status, 0) + 1
-                self.session.send_reply(self.join_ref, m.ref, self.topic, result)
+                self._send_result(m, result)
         elif kind == _INFO:
             await channel.handle_info(msg[1])
         elif kind == _OUT:
             await channel.handle_out(msg[1], msg[2])
-        else:  # _LEAVE: the socket already forgot the topic and unsubscribed us
+        elif kind == _LEAVE:  # the socket already forgot the topic and unsubscribed us
             self.session.send_reply(self.join_ref, msg[1].ref, self.topic, Reply.ok())
             self.session.send_close(self.join_ref, self.topic)
             await self._finish("leave")
             return
+        elif kind == _RAISE:  # an inline handle_in raised: the channel crashes in its task
+            raise msg[1]
+        # _STOP: an inline handle_in called stop(); the check below ends the channel.
         if self.stop_reason is not None:
             self.session.forget(self)
             self.session.send_close(self.join_ref, self.topic)

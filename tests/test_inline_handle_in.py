@@ -1,0 +1,194 @@
+"""handle_in run by the connection's own task (no task switch) once an event has shown that
+its handle_in returns without waiting: callbacks stay ordered and crash-isolated, an event
+that waits after all goes back to the channel's task, and channels can opt out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from channels import Channel, Endpoint, Reply, Socket
+from channels import channel as channel_mod
+from tests.support.client import connect
+
+INLINE_AFTER = channel_mod.INLINE_AFTER
+LOG: list[tuple[str, Any]] = []
+CHANNELS: dict[str, Probe] = {}
+
+
+class Probe(Channel):
+    """Records which task ran each callback, and in what order."""
+
+    gate: trio.Event | None = None
+
+    async def join(self, topic: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        CHANNELS[topic] = self
+        return None
+
+    async def handle_in(self, event: str, payload: Any) -> Reply | None:
+        own = trio.lowlevel.current_task() is self.assigns.get("channel_task")
+        LOG.append((event, payload.get("n")))
+        if event == "where":
+            return Reply.ok({"own_task": own})
+        if event == "then_info":  # a message to itself: handled after this push
+            self.send(("info", payload["n"]))
+            return Reply.ok({"n": payload["n"]})
+        if event == "boom":
+            raise RuntimeError("boom")
+        if event == "bye":
+            self.stop("done")
+            return Reply.ok({})
+        if event == "maybe_wait":  # waits only when asked to
+            if payload.get("wait"):
+                gate = Probe.gate = trio.Event()
+                await gate.wait()
+            return Reply.ok({"n": payload.get("n")})
+        return Reply.ok({})
+
+    async def handle_info(self, message: Any) -> None:
+        if message == "where_am_i":
+            self.assigns["channel_task"] = trio.lowlevel.current_task()
+            await self.push("here", {})
+            return
+        LOG.append(message)
+        await self.push("info", {"n": message[1]})
+
+    async def terminate(self, reason: str) -> None:
+        LOG.append(("terminate", reason))
+
+
+class NoInline(Probe):
+    inline_handle_in = False
+
+
+class ProbeSocket(Socket):
+    channels = {"probe:*": Probe, "noinline:*": NoInline}
+
+    rate_limit = None
+
+
+@pytest.fixture
+async def ep(nursery: trio.Nursery) -> AsyncIterator[Endpoint]:
+    LOG.clear()
+    CHANNELS.clear()
+    channel_mod._inline_stats.pop(Probe, None)
+    channel_mod._inline_stats.pop(NoInline, None)
+    endpoint = Endpoint({"/socket": ProbeSocket})
+    endpoint.port = await nursery.start(endpoint.serve, "127.0.0.1", 0)  # type: ignore[attr-defined]
+    yield endpoint
+
+
+async def _join_probe(c: Any, topic: str, ref: str) -> None:
+    assert (await c.join(topic, ref, ref))[4]["status"] == "ok"
+    # Let the channel learn its own task (handle_info runs there).
+    CHANNELS[topic].send("where_am_i")
+    assert (await c.recv_until("here"))[2] == topic
+
+
+def _proc(topic: str) -> channel_mod.ChannelProcess:
+    return CHANNELS[topic]._process
+
+
+async def _where(c: Any, topic: str, join_ref: str, ref: str) -> bool:
+    await c.send(join_ref, ref, topic, "where", {})
+    reply = await c.recv()
+    assert reply[1] == ref
+    return bool(reply[4]["response"]["own_task"])
+
+
+async def test_runs_in_the_connections_task_once_learned(ep: Endpoint) -> None:
+    async with connect(ep.port) as c:  # type: ignore[attr-defined]
+        await _join_probe(c, "probe:a", "1")
+        own = [await _where(c, "probe:a", "1", str(i)) for i in range(2, 2 + INLINE_AFTER + 3)]
+    # The first pushes run in the channel's task while it learns; then inline.
+    assert own[:INLINE_AFTER] == [True] * INLINE_AFTER
+    assert own[INLINE_AFTER:] == [False] * 3
+
+
+async def test_opt_out_always_uses_the_channel_task(ep: Endpoint) -> None:
+    async with connect(ep.port) as c:  # type: ignore[attr-defined]
+        await _join_probe(c, "noinline:a", "1")
+        own = [await _where(c, "noinline:a", "1", str(i)) for i in range(2, 2 + INLINE_AFTER + 3)]
+    assert own == [True] * (INLINE_AFTER + 3)
+
+
+async def test_order_with_messages_to_itself(ep: Endpoint) -> None:
+    """A push sends the channel a message: the next push waits for it (mailbox order), even
+    when both pushes arrive in one read."""
+    async with connect(ep.port) as c:  # type: ignore[attr-defined]
+        await _join_probe(c, "probe:o", "1")
+        for i in range(INLINE_AFTER):  # learned: inline from here on
+            await c.send("1", f"w{i}", "probe:o", "then_info", {"n": -1 - i})
+            await c.recv_until("info")
+        LOG.clear()
+        # One message holding 20 frames would not be WebSocket; 20 sends without waiting
+        # for replies arrive in one or a few reads.
+        for i in range(20):
+            await c.send("1", str(i), "probe:o", "then_info", {"n": i})
+        got = [await c.recv() for _ in range(40)]
+    assert [x for x in LOG if x[0] != "terminate"] == [
+        x for i in range(20) for x in (("then_info", i), ("info", i))]
+    replies = [m[4]["response"]["n"] for m in got if m[3] == "phx_reply"]
+    infos = [m[4]["n"] for m in got if m[3] == "info"]
+    assert replies == list(range(20)) and infos == list(range(20))
+
+
+async def test_crash_inline_errors_only_that_topic(ep: Endpoint) -> None:
+    async with connect(ep.port) as c:  # type: ignore[attr-defined]
+        await _join_probe(c, "probe:x", "1")
+        await _join_probe(c, "probe:y", "2")
+        for _ in range(INLINE_AFTER + 1):  # boom is learned on other channels first
+            channel_mod._returned(Probe, "boom")
+        assert _proc("probe:x").runs_inline("boom")
+        await c.send("1", "9", "probe:x", "boom", {})
+        err = await c.recv()
+        assert err[2:4] == ["probe:x", "phx_error"] and err[1] == "1"
+        await _where(c, "probe:y", "2", "10")  # the other channel lives
+        # The crashed topic is gone: the client rejoins it.
+        await c.send("1", "11", "probe:x", "where", {})
+        assert (await c.recv())[4]["response"] == {"reason": "unmatched topic"}
+        assert (await c.join("probe:x", "3", "12"))[4]["status"] == "ok"
+
+
+async def test_stop_inline_closes_and_terminates(ep: Endpoint) -> None:
+    async with connect(ep.port) as c:  # type: ignore[attr-defined]
+        await _join_probe(c, "probe:s", "1")
+        for _ in range(INLINE_AFTER):
+            channel_mod._returned(Probe, "bye")
+        await c.send("1", "5", "probe:s", "bye", {})
+        assert await c.recv() == ["1", "5", "probe:s", "phx_reply",
+                                  {"status": "ok", "response": {}}]
+        assert await c.recv() == ["1", "1", "probe:s", "phx_close", {}]
+        await c.send("1", "6", "probe:s", "where", {})
+        assert (await c.recv())[4]["response"] == {"reason": "unmatched topic"}
+    await trio.testing.wait_all_tasks_blocked()
+    assert ("terminate", "done") in LOG
+
+
+async def test_an_event_that_waits_goes_back_to_the_channel_task(ep: Endpoint) -> None:
+    async with connect(ep.port) as c:  # type: ignore[attr-defined]
+        await _join_probe(c, "probe:w", "1")
+        for i in range(INLINE_AFTER):
+            await c.send("1", f"m{i}", "probe:w", "maybe_wait", {"n": i})
+            await c.recv()
+        proc = _proc("probe:w")
+        assert proc.runs_inline("maybe_wait")
+        # This one waits after all: it finishes where it started (the connection's task)...
+        await c.send("1", "w", "probe:w", "maybe_wait", {"n": 100, "wait": True})
+        await trio.testing.wait_all_tasks_blocked()
+        assert Probe.gate is not None
+        # ...and a message to the channel meanwhile waits for it (callbacks one at a time).
+        proc.channel.send(("info", 7))
+        await trio.testing.wait_all_tasks_blocked()
+        assert ("info", 7) not in LOG
+        Probe.gate.set()
+        assert (await c.recv())[1] == "w"
+        assert (await c.recv())[3:] == ["info", {"n": 7}]
+        assert LOG[-2:] == [("maybe_wait", 100), ("info", 7)]
+        # From now on that event goes through the channel's task.
+        assert not proc.runs_inline("maybe_wait")
+        assert channel_mod._inline_stats[Probe]["maybe_wait"] == channel_mod._SUSPENDS
