@@ -571,31 +571,54 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
         task). Should handle_in wait after all, it finishes here, the caller waiting with it,
         and that event goes through the mailbox from then on.
         """
-        channel = self.channel
         self.current_ref = m.ref
-        coro = channel.handle_in(m.event, m.payload)
         try:
-            trap = coro.send(None)
-        except StopIteration as done:
-            result = done.value
+            if self.session.counters.timed or chlog.state.context:
+                token = chlog.topic_var.set(self.topic) if chlog.state.context else None
+                try:
+                    result = await self._handle_in_observed(m, True)
+                finally:
+                    if token is not None:
+                        chlog.topic_var.reset(token)
+            else:
+                coro = self.channel.handle_in(m.event, m.payload)
+                try:
+                    trap = coro.send(None)
+                except StopIteration as done:
+                    result = done.value
+                else:
+                    result = await self._waiting(m.event, coro, trap, True)
         except Exception as exc:
             self.send((_RAISE, exc))
             return
-        else:
-            _waited(type(channel), m.event)
-            busy = self._busy = trio.Event()
-            try:
-                result = await _resume(coro, trap)
-            except Exception as exc:
-                self.send((_RAISE, exc))
-                return
-            finally:
-                del self._busy
-                busy.set()
         if result is not None:
             self._send_result(m, result)
         if self.stop_reason is not None:
             self.send((_STOP,))  # terminate runs in the channel's task
+
+    async def _call_handle_in(self, m: Message, inline: bool) -> Any:
+        """handle_in, stepped by hand (as await would) to learn whether it waits."""
+        coro = self.channel.handle_in(m.event, m.payload)
+        try:
+            trap = coro.send(None)
+        except StopIteration as done:
+            if not inline:
+                _returned(type(self.channel), m.event)
+            return done.value
+        return await self._waiting(m.event, coro, trap, inline)
+
+    async def _waiting(self, event: str, coro: Any, trap: Any, inline: bool) -> Any:
+        """handle_in of ``event`` suspended (``trap``): drive it to its end, and send that
+        event through the channel's task from now on. Inline, the channel's task waits."""
+        _waited(type(self.channel), event)
+        if not inline:
+            return await _resume(coro, trap)
+        busy = self._busy = trio.Event()
+        try:
+            return await _resume(coro, trap)
+        finally:
+            del self._busy
+            busy.set()
 
     async def handle_message(self, msg: tuple[Any, ...]) -> None:
         if self._busy is not None:  # an inline handle_in waits: it goes first
@@ -621,8 +644,7 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
                     result = done.value
                     _returned(type(channel), m.event)
                 else:
-                    _waited(type(channel), m.event)
-                    result = await _resume(coro, trap)
+                    result = await self._waiting(m.event, coro, trap, False)
             if result is not None:
                 self._send_result(m, result)
         elif kind == _INFO:
@@ -642,28 +664,34 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
             self.session.send_close(self.join_ref, self.topic)
             await self._finish(self.stop_reason)
 
-    async def _handle_in_observed(self, m: Message) -> Any:
+    async def _handle_in_observed(self, m: Message, inline: bool = False) -> Any:
         """handle_in, timed for the metrics and telemetry, with the event in the log context."""
         token = chlog.event_var.set(m.event) if chlog.state.context else None
         counters = self.session.counters
-        if not counters.timed:
-            result = await self.channel.handle_in(m.event, m.payload)
-        else:
-            start = _clock()
-            try:
-                result = await self.channel.handle_in(m.event, m.payload)
-            except Exception as exc:  # the channel crashes: the event stays in its log line
-                self._observe_in(m.event, _clock() - start, None, exc)
-                raise
-            duration = _clock() - start
-            histograms = counters.handle_in
-            histogram = histograms.get(type(self.channel)) if histograms is not None else None
-            if histogram is not None and not self.session.endpoint.telemetry.active:
-                # The common case, inlined: a bucket and the sum.
-                histogram.counts[bisect_left(histogram.bounds, duration)] += 1
-                histogram.sum += duration
+        try:
+            if not counters.timed:
+                result = await self._call_handle_in(m, inline)
             else:
-                self._observe_in(m.event, duration, result, None)
+                start = _clock()
+                try:
+                    result = await self._call_handle_in(m, inline)
+                except Exception as exc:  # the channel crashes: the event stays in its log line
+                    self._observe_in(m.event, _clock() - start, None, exc)
+                    raise
+                duration = _clock() - start
+                histograms = counters.handle_in
+                histogram = histograms.get(type(self.channel)) if histograms is not None \
+                    else None
+                if histogram is not None and not self.session.endpoint.telemetry.active:
+                    # The common case, inlined: a bucket and the sum.
+                    histogram.counts[bisect_left(histogram.bounds, duration)] += 1
+                    histogram.sum += duration
+                else:
+                    self._observe_in(m.event, duration, result, None)
+        except BaseException:
+            if inline and token is not None:  # the connection's task goes on
+                chlog.event_var.reset(token)
+            raise
         if token is not None:
             chlog.event_var.reset(token)
         return result

@@ -425,7 +425,7 @@ class SocketSession:
         route = self.state.route(msg)
         if route is Route.FORWARD:
             proc = self.state.topics[msg.topic].handle
-            if proc.runs_inline(msg.event) and not self._observed():
+            if proc.runs_inline(msg.event):
                 await proc.handle_in_inline(msg)
             elif proc.queued < self.max_queued:
                 proc.forward(msg, self._backlog_since)
@@ -462,10 +462,6 @@ class SocketSession:
             self.send_reply(msg.join_ref, msg.ref, msg.topic,
                             Reply.error(protocol.INVALID_PAYLOAD))
         # Route.STALE: a message for an older join of this topic; Phoenix drops it silently.
-
-    def _observed(self) -> bool:
-        """Metrics time handle_in, or log lines name the event: in the channel's task."""
-        return self.counters.timed or chlog.state.context
 
     async def _join(self, msg: Message) -> None:
         topic = msg.topic

@@ -192,3 +192,23 @@ async def test_an_event_that_waits_goes_back_to_the_channel_task(ep: Endpoint) -
         # From now on that event goes through the channel's task.
         assert not proc.runs_inline("maybe_wait")
         assert channel_mod._inline_stats[Probe]["maybe_wait"] == channel_mod._SUSPENDS
+
+
+async def test_timed_by_the_metrics_inline_too(nursery: trio.Nursery) -> None:
+    """With metrics on, handle_in is learned, run inline and timed the same way."""
+    channel_mod._inline_stats.pop(Probe, None)
+    CHANNELS.clear()
+    endpoint = Endpoint({"/socket": ProbeSocket}, metrics_port=0)
+    port = await nursery.start(endpoint.serve, "127.0.0.1", 0)
+    assert endpoint.counters.timed
+    async with connect(port) as c:  # type: ignore[attr-defined]
+        await _join_probe(c, "probe:m", "1")
+        own = [await _where(c, "probe:m", "1", str(i)) for i in range(2, 2 + INLINE_AFTER + 3)]
+        for _ in range(INLINE_AFTER):  # learned elsewhere: inline, then it crashes
+            channel_mod._returned(Probe, "boom")
+        await c.send("1", "20", "probe:m", "boom", {})
+        assert (await c.recv())[3] == "phx_error"
+    assert own == [True] * INLINE_AFTER + [False] * 3
+    histograms = endpoint.counters.handle_in
+    assert histograms is not None
+    assert sum(histograms[Probe].counts) == INLINE_AFTER + 3 + 1
