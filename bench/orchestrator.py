@@ -66,6 +66,10 @@ def server_spec(name: str, port: int) -> Server:
     if name == "ceiling":
         return Server(name, "ceiling (plain trio)", "phoenix",
                       [str(MAIN_PY), "-m", "bench.apps.ceiling", *host])
+    if name == "ceiling-mux":
+        # (not in the default list): the ceiling with one reading task for every socket.
+        return Server(name, "ceiling, one reader (plain trio)", "phoenix",
+                      [str(MAIN_PY), "-m", "bench.apps.ceiling", "--mux", *host])
     if name == "websockets":
         return Server(name, "websockets.broadcast", "phoenix",
                       [str(BENCH_PY), "-m", "bench.apps.websockets_app", *host])
@@ -73,7 +77,7 @@ def server_spec(name: str, port: int) -> Server:
         return Server(name, "python-socketio+uvicorn", "socketio",
                       [str(BENCH_PY), "-m", "bench.apps.socketio_app", *host])
     raise SystemExit(f"unknown server {name!r} (choose from {', '.join(SERVERS)}, "
-                     f"channels-metrics)")
+                     f"channels-metrics, ceiling-mux)")
 
 
 @dataclass

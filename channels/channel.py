@@ -10,7 +10,7 @@ import logging
 import time
 import types
 from bisect import bisect_left
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
 import trio
@@ -571,54 +571,84 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
         task). Should handle_in wait after all, it finishes here, the caller waiting with it,
         and that event goes through the mailbox from then on.
         """
+        waiting = self.start_inline(m)
+        if waiting is not None:
+            await waiting
+
+    def start_inline(self, m: Message) -> Coroutine[Any, Any, None] | None:
+        """:meth:`handle_in_inline` up to handle_in's first suspension, without waiting.
+
+        None when handle_in returned (its reply is sent); else the rest, which the caller
+        must await in the same task (handle_in's first step ran in it), and the channel's
+        task waits for it (``_busy`` is set before the caller can yield).
+        """
         self.current_ref = m.ref
+        channel = self.channel
+        counters = self.session.counters
+        context = chlog.state.context
+        start = _clock() if counters.timed else None
+        if context:
+            topic_token = chlog.topic_var.set(self.topic)
+            event_token = chlog.event_var.set(m.event)
         try:
-            if self.session.counters.timed or chlog.state.context:
-                token = chlog.topic_var.set(self.topic) if chlog.state.context else None
-                try:
-                    result = await self._handle_in_observed(m, True)
-                finally:
-                    if token is not None:
-                        chlog.topic_var.reset(token)
+            coro = channel.handle_in(m.event, m.payload)
+            try:
+                trap = coro.send(None)
+            except StopIteration as done:
+                result = done.value
+            except Exception as exc:
+                if start is not None:
+                    self._observe_in(m.event, _clock() - start, None, exc)
+                self.send((_RAISE, exc))
+                return None
             else:
-                coro = self.channel.handle_in(m.event, m.payload)
-                try:
-                    trap = coro.send(None)
-                except StopIteration as done:
-                    result = done.value
-                else:
-                    result = await self._waiting(m.event, coro, trap, True)
+                _waited(type(channel), m.event)
+                self._busy = trio.Event()
+                return self._finish_inline(m, coro, trap, start)
+            if start is not None:
+                self._record_in(m.event, _clock() - start, result)
+        finally:
+            if context:
+                chlog.event_var.reset(event_token)
+                chlog.topic_var.reset(topic_token)
+        self._answer(m, result)
+        return None
+
+    async def _finish_inline(self, m: Message, coro: Any, trap: Any,
+                             start: float | None) -> None:
+        busy = self._busy
+        assert busy is not None
+        try:
+            result = await _resume(coro, trap)
         except Exception as exc:
+            if start is not None:
+                self._observe_in(m.event, _clock() - start, None, exc)
             self.send((_RAISE, exc))
             return
+        finally:
+            del self._busy
+            busy.set()
+        if start is not None:
+            self._record_in(m.event, _clock() - start, result)
+        self._answer(m, result)
+
+    def _answer(self, m: Message, result: Any) -> None:
+        """After an inline handle_in: its reply, and the channel's end if it called stop()."""
         if result is not None:
             self._send_result(m, result)
         if self.stop_reason is not None:
             self.send((_STOP,))  # terminate runs in the channel's task
 
-    async def _call_handle_in(self, m: Message, inline: bool) -> Any:
+    async def _call_handle_in(self, m: Message) -> Any:
         """handle_in, stepped by hand (as await would) to learn whether it waits."""
         coro = self.channel.handle_in(m.event, m.payload)
         try:
             trap = coro.send(None)
         except StopIteration as done:
-            if not inline:
-                _returned(type(self.channel), m.event)
+            _returned(type(self.channel), m.event)
             return done.value
-        return await self._waiting(m.event, coro, trap, inline)
-
-    async def _waiting(self, event: str, coro: Any, trap: Any, inline: bool) -> Any:
-        """handle_in of ``event`` suspended (``trap``): drive it to its end, and send that
-        event through the channel's task from now on. Inline, the channel's task waits."""
-        _waited(type(self.channel), event)
-        if not inline:
-            return await _resume(coro, trap)
-        busy = self._busy = trio.Event()
-        try:
-            return await _resume(coro, trap)
-        finally:
-            del self._busy
-            busy.set()
+        _waited(type(self.channel), m.event)
+        return await _resume(coro, trap)
 
     async def handle_message(self, msg: tuple[Any, ...]) -> None:
         if self._busy is not None:  # an inline handle_in waits: it goes first
@@ -644,7 +674,8 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
                     result = done.value
                     _returned(type(channel), m.event)
                 else:
-                    result = await self._waiting(m.event, coro, trap, False)
+                    _waited(type(channel), m.event)
+                    result = await _resume(coro, trap)
             if result is not None:
                 self._send_result(m, result)
         elif kind == _INFO:
@@ -664,37 +695,33 @@ class ChannelProcess(Actor[tuple[Any, ...]]):
             self.session.send_close(self.join_ref, self.topic)
             await self._finish(self.stop_reason)
 
-    async def _handle_in_observed(self, m: Message, inline: bool = False) -> Any:
+    async def _handle_in_observed(self, m: Message) -> Any:
         """handle_in, timed for the metrics and telemetry, with the event in the log context."""
         token = chlog.event_var.set(m.event) if chlog.state.context else None
-        counters = self.session.counters
-        try:
-            if not counters.timed:
-                result = await self._call_handle_in(m, inline)
-            else:
-                start = _clock()
-                try:
-                    result = await self._call_handle_in(m, inline)
-                except Exception as exc:  # the channel crashes: the event stays in its log line
-                    self._observe_in(m.event, _clock() - start, None, exc)
-                    raise
-                duration = _clock() - start
-                histograms = counters.handle_in
-                histogram = histograms.get(type(self.channel)) if histograms is not None \
-                    else None
-                if histogram is not None and not self.session.endpoint.telemetry.active:
-                    # The common case, inlined: a bucket and the sum.
-                    histogram.counts[bisect_left(histogram.bounds, duration)] += 1
-                    histogram.sum += duration
-                else:
-                    self._observe_in(m.event, duration, result, None)
-        except BaseException:
-            if inline and token is not None:  # the connection's task goes on
-                chlog.event_var.reset(token)
-            raise
+        if not self.session.counters.timed:
+            result = await self._call_handle_in(m)
+        else:
+            start = _clock()
+            try:
+                result = await self._call_handle_in(m)
+            except Exception as exc:  # the channel crashes: the event stays in its log line
+                self._observe_in(m.event, _clock() - start, None, exc)
+                raise
+            self._record_in(m.event, _clock() - start, result)
         if token is not None:
             chlog.event_var.reset(token)
         return result
+
+    def _record_in(self, event: str, duration: float, result: Any) -> None:
+        """Time a handle_in that returned."""
+        histograms = self.session.counters.handle_in
+        histogram = histograms.get(type(self.channel)) if histograms is not None else None
+        if histogram is not None and not self.session.endpoint.telemetry.active:
+            # The common case, inlined: a bucket and the sum.
+            histogram.counts[bisect_left(histogram.bounds, duration)] += 1
+            histogram.sum += duration
+        else:
+            self._observe_in(event, duration, result, None)
 
     def _observe_in(self, event: str, duration: float, result: Any,
                     exc: BaseException | None) -> None:

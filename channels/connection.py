@@ -72,6 +72,7 @@ class Connection:
         "active",
         "closed",
         "max_buffer",
+        "on_abort",
         "on_overflow",
         "overflowed",
         "peer",
@@ -96,6 +97,8 @@ class Connection:
         self.active = True
         self.silent_since = 0.0
         self.on_overflow: Callable[[], None] | None = None
+        #: Called as abort() closes the socket (a reader parked elsewhere than trio).
+        self.on_abort: Callable[[], None] | None = None
         self._nursery: trio.Nursery | None = None
         # Allocated on first backlog: most connections never have one (and idle memory counts).
         # Whole frames as given (references), or a memoryview of the rest of one begun.
@@ -301,5 +304,7 @@ class Connection:
         self.closed = True
         self._pending = None
         self._pending_bytes = 0
+        if self.on_abort is not None:
+            self.on_abort()
         trio.lowlevel.notify_closing(self.sock)
         self.sock.close()

@@ -33,6 +33,7 @@ from channels.lifecycle import Service, run_hooks
 from channels.limits import TokenBucket
 from channels.logutil import Throttled
 from channels.longpoll import LongPoll
+from channels.poller import Poller
 from channels.pubsub import Adapter, PubSub, Subscriber
 from channels.serializer import serializer_for_vsn
 from channels.socket import SocketSession
@@ -155,6 +156,9 @@ class Endpoint:
             self.enable_api(api_keys)
         #: Broadcasts what relaying publishers (``Publisher(relay=True)``) send this node.
         self.relay = Relay(self)
+        #: Reads every idle WebSocket connection from one task (see channels/poller.py);
+        #: set to None before serving for trio's task-per-connection waits instead.
+        self.poller: Poller | None = Poller()
 
     def session_ended(self, session: SocketSession) -> None:
         """A session's connection is gone: it no longer counts among the node's sessions."""
@@ -362,6 +366,8 @@ class Endpoint:
             await services.start(self.relay.run)
             self.longpoll.start()
             services.start_soon(self._heartbeat_monitor)
+            if self.poller is not None:
+                await services.start(self.poller.run)
             async with trio.open_nursery() as room_tasks:
                 if self.rooms is not None:
                     await room_tasks.start(self.rooms.run)
@@ -566,7 +572,7 @@ class Endpoint:
         elif result is not True:
             raise HTTPError(403, "connection refused")
         trailing = http.accept_websocket(conn, h, req, "phoenix" if offered else None)
-        return SocketSession(self, socket, serializer, conn, trailing)
+        return SocketSession(self, socket, serializer, conn, trailing, self.poller)
 
     async def _heartbeat_monitor(self) -> None:
         """Close connections silent for longer than their socket's ``idle_timeout``, and

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -20,6 +21,7 @@ from channels.channel import Channel, ChannelProcess, JoinError, Refuse, Reply, 
 from channels.connection import RECV_SIZE, Connection, kernel_unread
 from channels.frames import (
     CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_DATA,
     CLOSE_POLICY,
     CLOSE_TOO_BIG,
@@ -29,10 +31,11 @@ from channels.frames import (
 from channels.history import POSITION_KEY, RECOVERY_KEY
 from channels.limits import InboundLimiter
 from channels.logutil import Throttled
+from channels.poller import READ_YOURSELF, Poller
 from channels.protocol import Route, SocketState
 from channels.serializer import DecodeError, EncodeError, Message, Ref, Serializer
 from channels.telemetry import CRASH, JOIN, LEAVE
-from channels.wsframe import Close, Event, Failure, FrameParser, Ping, close_frame, pong_frame
+from channels.wsframe import Close, Failure, FrameParser, Ping, close_frame, pong_frame
 from supervisor import ChildHandle, DynamicSupervisor
 
 if TYPE_CHECKING:
@@ -74,10 +77,17 @@ class SocketSession:
     _marks: collections.deque[tuple[int, float]] | None = None
     _received = 0
     _backlog_since: float | None = None
+    # Reading through the node's poller (class defaults until set): the task parked in
+    # Poller.wait, what the poller hands it, and whether input may be waiting that no
+    # epoll edge will announce (read before parking; true at first).
+    _poller: Poller | None = None
+    parked: trio.lowlevel.Task | None = None
+    handed: list[Any] | None = None
+    maybe_readable = True
 
     def __init__(
         self, endpoint: Node, socket: Socket, serializer: Serializer, conn: Connection,
-        trailing: bytes = b"",
+        trailing: bytes = b"", poller: Poller | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.socket = socket
@@ -110,6 +120,8 @@ class SocketSession:
         limit = type(socket).rate_limit
         self._limiter = InboundLimiter(limit[0], limit[1], time.monotonic()) \
             if limit is not None else None
+        if poller is not None:
+            self._poller = poller
 
     # -- outbound ----------------------------------------------------------------------------
 
@@ -218,22 +230,30 @@ class SocketSession:
     async def run(self) -> None:
         """Serve the connection until it closes; then stop every channel."""
         id_sub = self._begin()
+        poller = self._poller
+        if poller is not None:
+            if poller.add(self):
+                self.conn.on_abort = self._aborted
+            else:
+                self._poller = None
         # The read loop runs here, not in a coroutine of its own: one frame less per idle
         # connection (LongPoll, which does not read, has its own run).
         try:
             with trio.CancelScope() as self._scope:
-                parser = self._parser
                 conn = self.conn
                 sock = conn.sock
-                data = b""  # the parser already holds what came with the upgrade request
-                event: Event | None = None
+                # The parser already holds what came with the upgrade request.
+                events: list[Any] = self._parser.feed(b"")
+                event: Any = None
                 while True:
                     # Every message a read completed is handled before the next read.
-                    for event in parser.feed(data):
+                    for event in events:
                         if type(event) is str:
                             await self._on_frame(event, False)
                         elif type(event) is bytes:
                             await self._on_frame(event, True)
+                        elif type(event) is _Routed:  # decoded by the poller: a join
+                            await self._dispatch(event.msg, event.route)
                         elif type(event) is Ping:
                             if not self._close_sent:
                                 conn.write_nowait(pong_frame(event.payload))
@@ -253,32 +273,142 @@ class SocketSession:
                                          event.reason)
                                 self.close(event.code, event.reason[:100])
                             return
-                    # Connection.receive_some inlined: one coroutine frame less per idle connection,
-                    # and the last chunk and message are not kept while it waits.
-                    data = b""
+                    # Connection.receive_some inlined: one coroutine frame less per idle
+                    # connection, and the last chunk and message are not kept while it waits.
+                    events = _NO_EVENTS
                     event = None
                     while True:
                         if conn.closed:
                             return
-                        try:
-                            await trio.lowlevel.wait_readable(sock)
-                            data = sock.recv(RECV_SIZE)
-                            break
-                        except BlockingIOError:  # woken with nothing to read after all
-                            continue
-                        except (trio.ClosedResourceError, OSError):
+                        if self._poller is not None:
+                            # The poller reads while this task is parked, and hands it what
+                            # needs a task (or asks it to read by itself).
+                            got = await self._poller.wait(self)
+                            if got is None:
+                                return
+                            if got is not READ_YOURSELF:
+                                events = got
+                                break
+                            try:
+                                data = sock.recv(RECV_SIZE)
+                            except BlockingIOError:
+                                continue
+                            except OSError:
+                                return
+                        else:
+                            try:
+                                await trio.lowlevel.wait_readable(sock)
+                                data = sock.recv(RECV_SIZE)
+                            except BlockingIOError:  # woken with nothing to read after all
+                                continue
+                            except (trio.ClosedResourceError, OSError):
+                                return
+                        if not data:
                             return
-                    conn.active = True
-                    if not data:
-                        return
-                    if self._marks is not None:  # reading paused lately: how old is this chunk?
-                        self._received += len(data)
-                        self._backlog_since = self._chunk_arrived_by()
-                    elif self._backlog_since is not None:
-                        self._backlog_since = None
-                    self.counters.bytes_in += len(data)
+                        self._took(data)
+                        events = self._parser.feed(data)
+                        del data
+                        break
         finally:
+            if self._poller is not None:
+                self._poller.remove(self)
             await self._end(id_sub)
+
+    def _took(self, data: bytes) -> None:
+        """Bookkeeping of a chunk read from the socket."""
+        self.conn.active = True
+        if len(data) == RECV_SIZE:
+            self.maybe_readable = True  # the kernel may hold more: no new edge will say so
+        if self._marks is not None:  # reading paused lately: how old is this chunk?
+            self._received += len(data)
+            self._backlog_since = self._chunk_arrived_by()
+        elif self._backlog_since is not None:
+            self._backlog_since = None
+        self.counters.bytes_in += len(data)
+
+    # -- reading through the node's poller ---------------------------------------------------
+
+    def serve_ready(self) -> Coroutine[Any, Any, None] | None:
+        """The poller saw input while this connection's task is parked: read it, do what
+        needs no waiting, hand the rest to the task (waking it).
+
+        Returns the rest of an inline handle_in that waited, which the caller (the poller's
+        task, where its first step ran) must await; the task has the events after it.
+        """
+        conn = self.conn
+        if conn.closed:
+            self._wake(None)
+            return None
+        try:
+            data = conn.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            self._wake(None)
+            return None
+        self._took(data)
+        events = self._parser.feed(data)
+        del data
+        if chlog.state.context:  # log lines name the connection: its own task handles them
+            self._wake(events)
+            return None
+        for i, event in enumerate(events):
+            kind = type(event)
+            if kind is str or kind is bytes:
+                if self.unhandled >= self.high_water:  # the task pauses reading
+                    self._wake(events[i:])
+                    return None
+                msg = self._take(event, kind is bytes)  # type: ignore[arg-type]
+                if msg is None:
+                    continue
+                route = self.state.route(msg)
+                if route is Route.FORWARD:
+                    proc = self.state.topics[msg.topic].handle
+                    if proc.runs_inline(msg.event):
+                        waiting = proc.start_inline(msg)
+                        if waiting is not None:
+                            self._wake(events[i + 1:])
+                            return waiting
+                        continue
+                elif route is Route.JOIN:
+                    self._wake([_Routed(msg, route), *events[i + 1:]])
+                    return None
+                self._dispatch_nowait(msg, route)
+            elif isinstance(event, Ping):
+                if not self._close_sent:
+                    conn.write_nowait(pong_frame(event.payload))
+            else:  # a close or a protocol error: the task ends the connection
+                self._wake(events[i:])
+                return None
+        if self.maybe_readable:
+            self._wake(_NO_EVENTS)  # to read the rest by itself
+        return None
+
+    def _wake(self, handed: list[Any] | None) -> None:
+        """Give the parked task ``handed`` (events, or None: the connection ended)."""
+        task = self.parked
+        if task is not None:
+            self.parked = None
+            self.handed = handed
+            trio.lowlevel.reschedule(task)
+
+    def _aborted(self) -> None:
+        # The socket is about to close: out of the poller's set first, then end the task.
+        if self._poller is not None:
+            self._poller.remove(self)
+        self._wake(None)
+
+    def wake_to_end(self) -> None:
+        """The poller failed reading this connection: its task ends it."""
+        self.close(CLOSE_INTERNAL_ERROR, "internal error")
+        self._wake(None)
+
+    def poller_gone(self) -> None:
+        """The node's poller stopped: read by ourselves from now on."""
+        self._poller = None
+        self._wake(_NO_EVENTS)
 
     def _begin(self) -> _IdSubscriber | None:
         """Subscribe the socket's id topic (if any); attach the channels' supervisor."""
@@ -396,8 +526,21 @@ class SocketSession:
     async def _on_frame(self, data: str | bytes, binary: bool) -> None:
         if self.unhandled >= self.high_water:
             await self._pause_reading()
-        if self.closing:
+        msg = self._take(data, binary)
+        if msg is None:
             return
+        route = self.state.route(msg)
+        if route is Route.FORWARD:
+            proc = self.state.topics[msg.topic].handle
+            if proc.runs_inline(msg.event):
+                await proc.handle_in_inline(msg)
+                return
+        await self._dispatch(msg, route)
+
+    def _take(self, data: str | bytes, binary: bool) -> Message | None:
+        """Count, decode and rate-limit an inbound message; None when it goes no further."""
+        if self.closing:
+            return None
         self.counters.messages_in += 1
         try:
             msg = self.serializer.decode(data, binary)
@@ -406,7 +549,7 @@ class SocketSession:
             _throttled("malformed", logging.WARNING, "malformed message from %s (closing %d): %s",
                        self.conn.peer, CLOSE_INVALID_DATA, exc)
             self.close(CLOSE_INVALID_DATA, "malformed message")
-            return
+            return None
         if self._limiter is not None:
             verdict = self._limiter.check(time.monotonic())
             if not verdict:
@@ -416,27 +559,17 @@ class SocketSession:
                     self.counters.rate_limit_closes += 1
                     self.endpoint.report_protection("rate_limit_close", self.conn.peer)
                     self.close(CLOSE_POLICY, "rate limit exceeded")
-                    return
+                    return None
                 self.counters.rate_limited += 1
                 self.endpoint.report_protection("rate_limited", self.conn.peer, msg.topic)
                 if msg.ref is not None:
                     self.send_reply(msg.join_ref, msg.ref, msg.topic, _RATE_LIMITED)
-                return
-        route = self.state.route(msg)
-        if route is Route.FORWARD:
-            proc = self.state.topics[msg.topic].handle
-            if proc.runs_inline(msg.event):
-                await proc.handle_in_inline(msg)
-            elif proc.queued < self.max_queued:
-                proc.forward(msg, self._backlog_since)
-            else:
-                self.counters.overloaded += 1
-                self.endpoint.report_protection("overloaded", self.conn.peer, msg.topic)
-                if msg.ref is not None:
-                    self.send_reply(msg.join_ref, msg.ref, msg.topic, _OVERLOADED)
-        elif route is Route.HEARTBEAT:
-            self.send_reply(None, msg.ref, msg.topic, _OK)
-        elif route is Route.JOIN:
+                return None
+        return msg
+
+    async def _dispatch(self, msg: Message, route: Route) -> None:
+        """Act on a routed message (a push not run inline is queued for its channel)."""
+        if route is Route.JOIN:
             if chlog.state.context:  # the join's log lines name its topic
                 token = chlog.topic_var.set(msg.topic)
                 try:
@@ -445,6 +578,22 @@ class SocketSession:
                     chlog.topic_var.reset(token)
             else:
                 await self._join(msg)
+        else:
+            self._dispatch_nowait(msg, route)
+
+    def _dispatch_nowait(self, msg: Message, route: Route) -> None:
+        """:meth:`_dispatch` for every route but JOIN: nothing here waits."""
+        if route is Route.FORWARD:
+            proc = self.state.topics[msg.topic].handle
+            if proc.queued < self.max_queued:
+                proc.forward(msg, self._backlog_since)
+            else:
+                self.counters.overloaded += 1
+                self.endpoint.report_protection("overloaded", self.conn.peer, msg.topic)
+                if msg.ref is not None:
+                    self.send_reply(msg.join_ref, msg.ref, msg.topic, _OVERLOADED)
+        elif route is Route.HEARTBEAT:
+            self.send_reply(None, msg.ref, msg.topic, _OK)
         elif route is Route.LEAVE:
             joined = self.state.remove(msg.topic)
             assert joined is not None
@@ -584,6 +733,19 @@ class SocketSession:
             self.pubsub.unsubscribe(proc.topic, proc)
             if not self.closing:
                 self.send_error(proc.join_ref, proc.topic)
+
+
+class _Routed:
+    """A message the poller decoded and routed, for the connection's task (a join)."""
+
+    __slots__ = ("msg", "route")
+
+    def __init__(self, msg: Message, route: Route) -> None:
+        self.msg = msg
+        self.route = route
+
+
+_NO_EVENTS: list[Any] = []
 
 
 def _peer(peer: tuple[str, int]) -> str:

@@ -289,7 +289,7 @@ class ChannelTest:
         if connections is None:
             raise RuntimeError("the endpoint is not running")
         conn.attach(connections)
-        session = SocketSession(endpoint, sock, _V2, conn)
+        session = SocketSession(endpoint, sock, _V2, conn, poller=endpoint.poller)
         client = trio.SocketStream(trio.socket.from_stdlib_socket(client_end))
         test_socket = TestSocket(self, session, client)
 
