@@ -39,6 +39,8 @@ GEN = BENCH / "load" / "gen.mjs"
 READY = re.compile(r"serving on http://|ready on http://")
 SERVERS = ("channels", "bare", "ceiling", "websockets", "socketio")
 SCENARIOS = ("fanout", "echo", "idle")
+VARIANTS = {"channels-nopoll": "no poller", "channels-noinline": "no inline handle_in",
+            "channels-neither": "neither"}
 PER_SOURCE_ADDR = 20_000  # connections per loopback source address (ephemeral ports)
 
 
@@ -60,6 +62,13 @@ def server_spec(name: str, port: int) -> Server:
                       [str(MAIN_PY), "-m", "channels.cli", "serve",
                        "bench.apps.channels_app:endpoint", *host, "--log-level", "WARNING",
                        *metrics])
+    if name in VARIANTS:
+        # (not in the default list): trio-channels without the poller, without inline
+        # handle_in, or without either, for before/after runs.
+        return Server(name, f"trio-channels ({VARIANTS[name]})", "phoenix",
+                      [str(MAIN_PY), "-m", "channels.cli", "serve",
+                       f"bench.apps.channels_app:endpoint_{name.split('-')[1]}", *host,
+                       "--log-level", "WARNING"])
     if name == "bare":
         return Server(name, "bare (same I/O layer)", "phoenix",
                       [str(MAIN_PY), "-m", "bench.apps.bare", *host])
@@ -77,7 +86,7 @@ def server_spec(name: str, port: int) -> Server:
         return Server(name, "python-socketio+uvicorn", "socketio",
                       [str(BENCH_PY), "-m", "bench.apps.socketio_app", *host])
     raise SystemExit(f"unknown server {name!r} (choose from {', '.join(SERVERS)}, "
-                     f"channels-metrics, ceiling-mux)")
+                     f"channels-metrics, {', '.join(VARIANTS)}, ceiling-mux)")
 
 
 @dataclass

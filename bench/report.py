@@ -171,7 +171,9 @@ def _label(r: dict[str, Any], notes: list[str]) -> str:
 
 def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     notes: list[str] = []
-    order = {"channels": 0, "bare": 1, "ceiling": 2, "websockets": 3, "socketio": 4}
+    order = {"channels": 0, "channels-nopoll": 0.1, "channels-noinline": 0.2,
+             "channels-neither": 0.3, "bare": 1, "ceiling": 2, "ceiling-mux": 2.5,
+             "websockets": 3, "socketio": 4}
     rows = sorted((r for r in rows if not r.get("profile")),
                   key=lambda r: (r["conns"], order.get(r["server"], 9)))
     lines: list[str] = []

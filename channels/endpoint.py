@@ -158,7 +158,7 @@ class Endpoint:
         self.relay = Relay(self)
         #: Reads every idle WebSocket connection from one task (see channels/poller.py);
         #: set to None before serving for trio's task-per-connection waits instead.
-        self.poller: Poller | None = Poller()
+        self.poller: Poller | None = Poller(self.counters)
 
     def session_ended(self, session: SocketSession) -> None:
         """A session's connection is gone: it no longer counts among the node's sessions."""

@@ -23,11 +23,15 @@ from typing import Any, Protocol
 import trio
 
 from channels.connection import Connection
+from channels.stats import Counters
 
 log = logging.getLogger("channels.poller")
 
 #: Ready connections taken from the epoll set per wake-up.
 BATCH = 512
+#: Bytes read in one go before other tasks get a turn (about what one connection's task
+#: handled per step when every connection read for itself).
+TURN_BYTES = 65536
 _FLAGS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 
 
@@ -62,7 +66,9 @@ class SocketSession(Protocol):
 class Poller:
     """Reads the connections registered with :meth:`add` while their tasks are parked."""
 
-    def __init__(self) -> None:
+    def __init__(self, counters: Counters) -> None:
+        #: The node's counters: ``bytes_in`` tells how much a turn has read.
+        self.counters = counters
         self._epoll: select.epoll | None = None
         # fd -> session, for every registered connection.
         self._sessions: dict[int, SocketSession] = {}
@@ -120,9 +126,14 @@ class Poller:
         epoll = self._epoll
         assert epoll is not None
         sessions = self._sessions
+        counters = self.counters
         fd = epoll.fileno()
         while True:
+            turn = counters.bytes_in + TURN_BYTES
             for i, (sock_fd, _) in enumerate(ready):
+                if counters.bytes_in > turn:
+                    await trio.lowlevel.checkpoint()
+                    turn = counters.bytes_in + TURN_BYTES
                 session = sessions.get(sock_fd)
                 if session is None:
                     continue

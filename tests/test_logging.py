@@ -169,7 +169,9 @@ def test_text_format_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
         chlog.configure(format="xml")
 
 
-def test_json_formatter_fields_and_odd_values() -> None:
+def test_json_formatter_fields_and_odd_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The formatter turns the log context on for the process: not for the tests after this.
+    monkeypatch.setattr(chlog.state, "context", chlog.state.context)
     formatter = chlog.JsonFormatter()
     record = logging.LogRecord("a.b", logging.WARNING, __file__, 1, "x=%s", ("y",), None)
     record.big = 1 << 70  # orjson cannot: the formatter falls back

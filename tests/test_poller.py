@@ -13,6 +13,7 @@ import trio.testing
 
 from channels import Channel, Endpoint, Reply, Socket
 from channels import channel as channel_mod
+from channels import logging as chlog
 from tests.support.client import RawClient, connect
 
 INLINE_AFTER = channel_mod.INLINE_AFTER
@@ -43,7 +44,9 @@ class GateSocket(Socket):
 
 
 @pytest.fixture
-async def ep(nursery: trio.Nursery) -> AsyncIterator[Endpoint]:
+async def ep(nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Endpoint]:
+    # With the JSON log context on, connections' own tasks handle what they read.
+    monkeypatch.setattr(chlog.state, "context", False)
     GATE.clear()
     TASKS.clear()
     channel_mod._inline_stats.pop(GateChannel, None)

@@ -52,6 +52,24 @@ class BenchSocket(Socket):
 endpoint = Endpoint({"/socket": BenchSocket})
 
 
+class SteppedChannel(BenchChannel):
+    inline_handle_in = False  # every push through the channel's task
+
+
+class SteppedSocket(BenchSocket):
+    channels = {"room:*": SteppedChannel}
+
+
+# Variants for before/after runs (bench/run servers channels-nopoll, -noinline, -neither):
+# without the node's poller (each connection's task reads its socket), without inline
+# handle_in, and without either (the runtime before both).
+endpoint_nopoll = Endpoint({"/socket": BenchSocket})
+endpoint_nopoll.poller = None
+endpoint_noinline = Endpoint({"/socket": SteppedSocket})
+endpoint_neither = Endpoint({"/socket": SteppedSocket})
+endpoint_neither.poller = None
+
+
 def _install_memory_snapshots(prefix: str) -> None:
     tracemalloc.start(int(os.environ.get("BENCH_TRACEMALLOC_FRAMES", "1")))
     counter = itertools.count()
