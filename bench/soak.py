@@ -358,19 +358,25 @@ async def soak(args: argparse.Namespace, port: int, pid: int) -> dict[str, Any]:
                 stats.published += 1
                 seq += 1
 
+    async def heartbeat(client: Client, ref: str) -> None:
+        try:
+            await client.send([None, ref, "phoenix", "heartbeat", {}])
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            pass
+
     async def heartbeats() -> None:
         n = 0
-        while True:
-            await trio.sleep(30.0)
-            for sub in list(subs):  # publishers send all the time: no heartbeat needed
-                n += 1
-                if sub.client is None:
-                    continue
-                try:
-                    await sub.client.send([None, f"hb{n}", "phoenix", "heartbeat", {}])
-                except (trio.BrokenResourceError, trio.ClosedResourceError,
-                        trio.BusyResourceError):
-                    pass
+        async with trio.open_nursery() as wave:
+            while True:
+                await trio.sleep(30.0)
+                # One task per send: a wave that awaited each send in turn took a scheduler
+                # round per subscriber, 25 s and more for 3,000 of them with this generator
+                # busy, and the subscribers at the end of the list crossed the server's 60 s
+                # idle_timeout (closed 1002: the server was right).
+                for sub in list(subs):  # publishers send all the time: no heartbeat needed
+                    n += 1
+                    if sub.client is not None:
+                        wave.start_soon(heartbeat, sub.client, f"hb{n}")
 
     async def sampler() -> None:
         while True:
@@ -518,9 +524,9 @@ async def overload(args: argparse.Namespace, port: int, pid: int) -> dict[str, A
             n = 0
             while True:
                 await trio.sleep(20.0)
-                for sub in subs:
+                for sub in subs:  # one task per send, as in the soak
                     n += 1
-                    await sub.send([None, f"hb{n}", "phoenix", "heartbeat", {}])
+                    nursery.start_soon(sub.send, [None, f"hb{n}", "phoenix", "heartbeat", {}])
         nursery.start_soon(heartbeats)
         await trio.sleep(1.0)
 
