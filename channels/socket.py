@@ -81,6 +81,11 @@ class SocketSession:
     # Poller.wait, what the poller hands it, and whether input may be waiting that no
     # epoll edge will announce (read before parking; true at first).
     _poller: Poller | None = None
+    #: Pushes of the read being handled may run inline: it completed one message only. A
+    #: read that completes several means the client is ahead of us: they queue in their
+    #: channels' mailboxes, where back-pressure and max_push_age see them (inline, the
+    #: backlog would wait in the kernel, unseen, however old). LongPoll: never.
+    _inline_ok = False
     parked: trio.lowlevel.Task | None = None
     handed: list[Any] | None = None
     maybe_readable = True
@@ -288,6 +293,10 @@ class SocketSession:
                                 return
                             if got is not READ_YOURSELF:
                                 events = got
+                                # A whole read only with the log context on (see
+                                # serve_ready); else what the poller left: not inline.
+                                self._inline_ok = (chlog.state.context and len(events) == 1
+                                                   and self._backlog_since is None)
                                 break
                             try:
                                 data = sock.recv(RECV_SIZE)
@@ -307,6 +316,7 @@ class SocketSession:
                             return
                         self._took(data)
                         events = self._parser.feed(data)
+                        self._inline_ok = len(events) == 1 and self._backlog_since is None
                         del data
                         break
         finally:
@@ -354,6 +364,7 @@ class SocketSession:
         if chlog.state.context:  # log lines name the connection: its own task handles them
             self._wake(events)
             return None
+        inline_ok = len(events) == 1 and self._backlog_since is None
         for i, event in enumerate(events):
             kind = type(event)
             if kind is str or kind is bytes:
@@ -366,7 +377,7 @@ class SocketSession:
                 route = self.state.route(msg)
                 if route is Route.FORWARD:
                     proc = self.state.topics[msg.topic].handle
-                    if proc.runs_inline(msg.event):
+                    if inline_ok and proc.runs_inline(msg.event):
                         waiting = proc.start_inline(msg)
                         if waiting is not None:
                             self._wake(events[i + 1:])
@@ -530,7 +541,7 @@ class SocketSession:
         if msg is None:
             return
         route = self.state.route(msg)
-        if route is Route.FORWARD:
+        if route is Route.FORWARD and self._inline_ok:
             proc = self.state.topics[msg.topic].handle
             if proc.runs_inline(msg.event):
                 await proc.handle_in_inline(msg)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 import trio
 import trio.testing
@@ -212,3 +213,53 @@ async def test_timed_by_the_metrics_inline_too(nursery: trio.Nursery) -> None:
     histograms = endpoint.counters.handle_in
     assert histograms is not None
     assert sum(histograms[Probe].counts) == INLINE_AFTER + 3 + 1
+
+
+def _masked(obj: Any) -> bytes:
+    data = orjson.dumps(obj)
+    assert len(data) < 126
+    mask = b"\x01\x02\x03\x04"
+    return bytes((0x81, 0x80 | len(data))) + mask + bytes(
+        b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+async def _raw_replies(stream: trio.SocketStream, n: int) -> list[Any]:
+    buf, out = b"", []
+    with trio.fail_after(5):
+        while len(out) < n:
+            buf += await stream.receive_some(65536)
+            while len(buf) >= 2 and len(buf) >= 2 + (buf[1] & 0x7F):
+                size = buf[1] & 0x7F
+                msg = orjson.loads(buf[2:2 + size])
+                buf = buf[2 + size:]
+                if msg[3] == "phx_reply":
+                    out.append(msg)
+    return out
+
+
+async def test_a_read_of_several_pushes_goes_through_the_mailbox(ep: Endpoint) -> None:
+    """A client ahead of the server (several pushes in one read) is not run inline: queued,
+    its pushes are seen by back-pressure and max_push_age."""
+    stream = await trio.open_tcp_stream("127.0.0.1", ep.port)  # type: ignore[attr-defined]
+    async with stream:
+        await stream.send_all(b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\n"
+                              b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                              b"Sec-WebSocket-Version: 13\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive_some(4096)
+        assert head.startswith(b"HTTP/1.1 101")
+        await stream.send_all(_masked(["1", "1", "probe:r", "phx_join", {}]))
+        assert (await _raw_replies(stream, 1))[0][4]["status"] == "ok"
+        CHANNELS["probe:r"].send("where_am_i")
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(INLINE_AFTER + 1):  # learned, then inline
+            await stream.send_all(_masked(["1", f"s{i}", "probe:r", "where", {}]))
+            own = (await _raw_replies(stream, 1))[0][4]["response"]["own_task"]
+        assert own is False
+        await stream.send_all(b"".join(_masked(["1", f"m{i}", "probe:r", "where", {}])
+                                       for i in range(3)))
+        replies = await _raw_replies(stream, 3)
+        assert [r[1] for r in replies] == ["m0", "m1", "m2"]
+        assert [r[4]["response"]["own_task"] for r in replies] == [True] * 3
