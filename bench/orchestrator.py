@@ -39,8 +39,8 @@ GEN = BENCH / "load" / "gen.mjs"
 READY = re.compile(r"serving on http://|ready on http://")
 SERVERS = ("channels", "bare", "ceiling", "websockets", "socketio")
 SCENARIOS = ("fanout", "echo", "idle")
-VARIANTS = {"channels-nopoll": "no poller", "channels-noinline": "no inline handle_in",
-            "channels-neither": "neither"}
+VARIANTS = {"channels-poll": "poller on", "channels-nopoll": "no poller",
+            "channels-noinline": "poller, no inline handle_in", "channels-neither": "neither"}
 PER_SOURCE_ADDR = 20_000  # connections per loopback source address (ephemeral ports)
 
 

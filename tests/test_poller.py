@@ -50,7 +50,7 @@ async def ep(nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
     GATE.clear()
     TASKS.clear()
     channel_mod._inline_stats.pop(GateChannel, None)
-    endpoint = Endpoint({"/socket": GateSocket})
+    endpoint = Endpoint({"/socket": GateSocket}, poll_reads=True)
     endpoint.port = await nursery.start(endpoint.serve, "127.0.0.1", 0)  # type: ignore[attr-defined]
     yield endpoint
 
@@ -141,7 +141,7 @@ async def test_connections_read_by_themselves_once_the_poller_is_gone(ep: Endpoi
 
 async def test_without_a_poller(nursery: trio.Nursery) -> None:
     endpoint = Endpoint({"/socket": GateSocket})
-    endpoint.poller = None
+    assert endpoint.poller is None  # the default
     port = await nursery.start(endpoint.serve, "127.0.0.1", 0)
     async with connect(port) as c:  # type: ignore[attr-defined]
         assert (await c.join("g:1", "1", "1"))[4]["status"] == "ok"

@@ -60,14 +60,13 @@ class SteppedSocket(BenchSocket):
     channels = {"room:*": SteppedChannel}
 
 
-# Variants for before/after runs (bench/run servers channels-nopoll, -noinline, -neither):
-# without the node's poller (each connection's task reads its socket), without inline
-# handle_in, and without either (the runtime before both).
+# Variants for before/after runs (bench/run servers channels-poll, -nopoll, -noinline,
+# -neither): with the node's poller (Endpoint(poll_reads=True), off by default), without it
+# (the default), the poller without inline handle_in, and neither (the runtime before both).
+endpoint_poll = Endpoint({"/socket": BenchSocket}, poll_reads=True)
 endpoint_nopoll = Endpoint({"/socket": BenchSocket})
-endpoint_nopoll.poller = None
-endpoint_noinline = Endpoint({"/socket": SteppedSocket})
+endpoint_noinline = Endpoint({"/socket": SteppedSocket}, poll_reads=True)
 endpoint_neither = Endpoint({"/socket": SteppedSocket})
-endpoint_neither.poller = None
 
 
 def _install_memory_snapshots(prefix: str) -> None:
