@@ -105,7 +105,7 @@ class Endpoint:
         metrics_host: str | None = None,
         api_keys: Iterable[str] | None = None,
         secret_key: str | bytes | None = None,
-        poll_reads: bool = False,
+        poll_reads: bool = True,
     ) -> None:
         self.sockets = {mount.rstrip("/"): cls for mount, cls in sockets.items()}
         if pubsub is not None and adapter is not None:
@@ -157,9 +157,8 @@ class Endpoint:
             self.enable_api(api_keys)
         #: Broadcasts what relaying publishers (``Publisher(relay=True)``) send this node.
         self.relay = Relay(self)
-        #: With ``poll_reads=True``: one task reads every idle WebSocket connection (see
-        #: channels/poller.py; experimental, see docs/performance.md). None: each
-        #: connection's task reads its socket.
+        #: One task reads every idle WebSocket connection (see channels/poller.py); None
+        #: (``poll_reads=False``): each connection's task reads its socket.
         self.poller: Poller | None = Poller(self.counters) if poll_reads else None
 
     def session_ended(self, session: SocketSession) -> None:

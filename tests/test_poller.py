@@ -140,8 +140,7 @@ async def test_connections_read_by_themselves_once_the_poller_is_gone(ep: Endpoi
 
 
 async def test_without_a_poller(nursery: trio.Nursery) -> None:
-    endpoint = Endpoint({"/socket": GateSocket})
-    assert endpoint.poller is None  # the default
+    endpoint = Endpoint({"/socket": GateSocket}, poll_reads=False)
     port = await nursery.start(endpoint.serve, "127.0.0.1", 0)
     async with connect(port) as c:  # type: ignore[attr-defined]
         assert (await c.join("g:1", "1", "1"))[4]["status"] == "ok"

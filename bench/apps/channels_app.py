@@ -61,12 +61,12 @@ class SteppedSocket(BenchSocket):
 
 
 # Variants for before/after runs (bench/run servers channels-poll, -nopoll, -noinline,
-# -neither): with the node's poller (Endpoint(poll_reads=True), off by default), without it
-# (the default), the poller without inline handle_in, and neither (the runtime before both).
+# -neither): with the node's poller (the default), without it (Endpoint(poll_reads=False)),
+# the poller without inline handle_in, and neither (the runtime before both).
 endpoint_poll = Endpoint({"/socket": BenchSocket}, poll_reads=True)
-endpoint_nopoll = Endpoint({"/socket": BenchSocket})
+endpoint_nopoll = Endpoint({"/socket": BenchSocket}, poll_reads=False)
 endpoint_noinline = Endpoint({"/socket": SteppedSocket}, poll_reads=True)
-endpoint_neither = Endpoint({"/socket": SteppedSocket})
+endpoint_neither = Endpoint({"/socket": SteppedSocket}, poll_reads=False)
 
 
 def _install_memory_snapshots(prefix: str) -> None:
