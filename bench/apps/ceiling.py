@@ -208,62 +208,13 @@ class Ceiling:
         return self.nursery
 
     async def run(self, conn: Conn, buf: bytes) -> None:
-        sock, nursery = conn.sock, self._nursery()
+        sock = conn.sock
         parts: list[bytes] = []
         while True:
-            n = len(buf)
-            if n > 1 and buf[0] == 0x81 and n == buf[1] - 122:
-                # The most common read: one whole, final, masked text frame under 126 bytes.
-                size = n - 6
-                key = _from_bytes(buf[2:6] * ((size >> 2) + 1), "little")
-                key &= (1 << (size << 3)) - 1
-                message = (_from_bytes(buf[6:], "little") ^ key).to_bytes(size, "little")
-                if answer(conn, message, nursery):
-                    await self.fanout()
-                buf, n = b"", 0
-            # Parse every whole frame in buf; an incomplete one waits for more bytes.
-            i = 0
-            while n - i >= 6:
-                b0, b1 = buf[i], buf[i + 1]
-                if not b1 & 0x80:
-                    return  # client frames are masked (RFC 6455 5.1)
-                size = b1 & 0x7F
-                h = i + 2
-                if size == 126:
-                    if n - i < 8:
-                        break
-                    size = int.from_bytes(buf[h:h + 2], "big")
-                    h += 2
-                elif size == 127:
-                    if n - i < 14:
-                        break
-                    size = int.from_bytes(buf[h:h + 8], "big")
-                    h += 8
-                end = h + 4 + size
-                if end > n:
-                    break
-                payload = buf[h + 4:end]
-                if size:
-                    mask = int.from_bytes((buf[h:h + 4] * ((size >> 2) + 1))[:size], "big")
-                    payload = (int.from_bytes(payload, "big") ^ mask).to_bytes(size, "big")
-                i = end
-                op = b0 & 0x0F
-                if op < 3:  # text, binary, continuation
-                    if not b0 & 0x80:
-                        parts.append(payload)
-                        continue
-                    if parts:
-                        parts.append(payload)
-                        payload = b"".join(parts)
-                        parts.clear()
-                    if answer(conn, payload, nursery):
-                        await self.fanout()
-                elif op == 9:
-                    conn.write(bytes((0x8A, size)) + payload, nursery)
-                elif op == 8:
-                    conn.write(bytes((0x88, len(payload[:2]))) + payload[:2], nursery)
-                    return
-            buf = buf[i:]
+            rest = await self.handle_bytes(conn, buf, parts)
+            if rest is None:
+                return
+            buf = rest
             await trio.lowlevel.wait_readable(sock)
             try:
                 data = sock.recv(RECV_SIZE)
@@ -274,6 +225,64 @@ class Ceiling:
             if not data:
                 return
             buf = buf + data if buf else data
+
+    async def handle_bytes(self, conn: Conn, buf: bytes, parts: list[bytes]) -> bytes | None:
+        """Answer every whole message in ``buf`` (``parts``: the fragments of one still
+        arriving); the bytes of an incomplete frame, or None when the connection ends."""
+        nursery = self._nursery()
+        n = len(buf)
+        if n > 1 and buf[0] == 0x81 and n == buf[1] - 122:
+            # The most common read: one whole, final, masked text frame under 126 bytes.
+            size = n - 6
+            key = _from_bytes(buf[2:6] * ((size >> 2) + 1), "little")
+            key &= (1 << (size << 3)) - 1
+            message = (_from_bytes(buf[6:], "little") ^ key).to_bytes(size, "little")
+            if answer(conn, message, nursery):
+                await self.fanout()
+            return b""
+        # Parse every whole frame in buf; an incomplete one waits for more bytes.
+        i = 0
+        while n - i >= 6:
+            b0, b1 = buf[i], buf[i + 1]
+            if not b1 & 0x80:
+                return None  # client frames are masked (RFC 6455 5.1)
+            size = b1 & 0x7F
+            h = i + 2
+            if size == 126:
+                if n - i < 8:
+                    break
+                size = int.from_bytes(buf[h:h + 2], "big")
+                h += 2
+            elif size == 127:
+                if n - i < 14:
+                    break
+                size = int.from_bytes(buf[h:h + 8], "big")
+                h += 8
+            end = h + 4 + size
+            if end > n:
+                break
+            payload = buf[h + 4:end]
+            if size:
+                mask = int.from_bytes((buf[h:h + 4] * ((size >> 2) + 1))[:size], "big")
+                payload = (int.from_bytes(payload, "big") ^ mask).to_bytes(size, "big")
+            i = end
+            op = b0 & 0x0F
+            if op < 3:  # text, binary, continuation
+                if not b0 & 0x80:
+                    parts.append(payload)
+                    continue
+                if parts:
+                    parts.append(payload)
+                    payload = b"".join(parts)
+                    parts.clear()
+                if answer(conn, payload, nursery):
+                    await self.fanout()
+            elif op == 9:
+                conn.write(bytes((0x8A, size)) + payload, nursery)
+            elif op == 8:
+                conn.write(bytes((0x88, len(payload[:2]))) + payload[:2], nursery)
+                return None
+        return buf[i:]
 
     async def serve(self, host: str, port: int) -> None:
         listener = listen(host, port)
@@ -301,110 +310,64 @@ class MuxCeiling(Ceiling):
     switch to wake it); here one task waits on one epoll descriptor and, once woken, reads
     every socket that is ready, so a batch of N ready sockets costs one wake-up. It measures
     what that I/O model saves below the per-connection-task ceiling; the connection's own task
-    only waits for the end. Messages are answered as in :meth:`Ceiling.run`'s fast path (one
-    whole small text frame per read); anything else is parsed as there.
+    only waits for the end. Messages are answered by :meth:`Ceiling.handle_bytes`, as there.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.epoll = select.epoll()
-        self.readers: dict[int, tuple[Conn, list[bytes], trio.Event]] = {}
+        # fd -> the connection, the bytes of an incomplete frame, the fragments of a message
+        # still arriving, and the event that ends its task
+        self.readers: dict[int, tuple[Conn, list[bytes], list[bytes], trio.Event]] = {}
         self.started = False
 
     async def run(self, conn: Conn, buf: bytes) -> None:
         done = trio.Event()
         fd = conn.sock.fileno()
-        self.readers[fd] = (conn, [buf] if buf else [], done)
+        self.readers[fd] = (conn, [], [], done)
         self.epoll.register(fd, select.EPOLLIN)
         if not self.started:
             self.started = True
             self._nursery().start_soon(self.mux)
-        if buf:
-            await self.consume(fd)
         try:
+            if buf:
+                await self.take(fd, buf)
             await done.wait()
         finally:
-            self.readers.pop(fd, None)
-            try:
-                self.epoll.unregister(fd)
-            except (OSError, ValueError):
-                pass
+            self._end(fd, done)
 
     async def mux(self) -> None:
         poll = self.epoll.poll
         while True:
             await trio.lowlevel.wait_readable(self.epoll.fileno())
             for fd, _ in poll(0, 256):
-                await self.consume(fd)
+                entry = self.readers.get(fd)
+                if entry is None:
+                    continue
+                try:
+                    data = entry[0].sock.recv(RECV_SIZE)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if data:
+                    await self.take(fd, data)
+                else:
+                    self._end(fd, entry[3])
 
-    async def consume(self, fd: int) -> None:
+    async def take(self, fd: int, data: bytes) -> None:
+        """Answer what ``data`` completes for connection ``fd``."""
         entry = self.readers.get(fd)
         if entry is None:
             return
-        conn, pending, done = entry
-        try:
-            data = conn.sock.recv(RECV_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
+        conn, rest, parts, done = entry
+        buf = b"".join((*rest, data)) if rest else data
+        rest.clear()
+        left = await self.handle_bytes(conn, buf, parts)
+        if left is None:
             self._end(fd, done)
-            return
-        buf = b"".join((*pending, data)) if pending else data
-        pending.clear()
-        n = len(buf)
-        if n > 1 and buf[0] == 0x81 and n == buf[1] - 122:
-            size = n - 6
-            key = _from_bytes(buf[2:6] * ((size >> 2) + 1), "little")
-            key &= (1 << (size << 3)) - 1
-            message = (_from_bytes(buf[6:], "little") ^ key).to_bytes(size, "little")
-            if answer(conn, message, self._nursery()):
-                await self.fanout()
-            return
-        rest = await self.frames(conn, buf)
-        if rest is None:
-            self._end(fd, done)
-        elif rest:
-            pending.append(rest)
-
-    async def frames(self, conn: Conn, buf: bytes) -> bytes | None:
-        """Answer every whole frame in ``buf``; the incomplete rest (None: close)."""
-        n, i = len(buf), 0
-        while n - i >= 6:
-            b0, b1 = buf[i], buf[i + 1]
-            if not b1 & 0x80:
-                return None
-            size = b1 & 0x7F
-            h = i + 2
-            if size == 126:
-                if n - i < 8:
-                    break
-                size = int.from_bytes(buf[h:h + 2], "big")
-                h += 2
-            elif size == 127:
-                if n - i < 14:
-                    break
-                size = int.from_bytes(buf[h:h + 8], "big")
-                h += 8
-            end = h + 4 + size
-            if end > n:
-                break
-            payload = buf[h + 4:end]
-            if size:
-                mask = int.from_bytes((buf[h:h + 4] * ((size >> 2) + 1))[:size], "big")
-                payload = (int.from_bytes(payload, "big") ^ mask).to_bytes(size, "big")
-            i = end
-            op = b0 & 0x0F
-            if op < 3:  # fragments are not expected from the generator: answered whole
-                if answer(conn, payload, self._nursery()):
-                    await self.fanout()
-            elif op == 9:
-                conn.write(bytes((0x8A, size)) + payload, self._nursery())
-            elif op == 8:
-                conn.write(bytes((0x88, len(payload[:2]))) + payload[:2], self._nursery())
-                return None
-        return buf[i:]
+        elif left:
+            rest.append(left)
 
     def _end(self, fd: int, done: trio.Event) -> None:
         self.readers.pop(fd, None)
